@@ -1,0 +1,141 @@
+"""The interface every algorithm implements.
+
+An algorithm has two halves that never share Python state:
+
+* server side (runs in the driver): `server_prepare` builds what a sampled client receives,
+  `aggregate` turns the round's uploads into the next global model;
+* client side (runs inside a Ray worker): `local_update` trains one virtual client,
+  `eval_vector` gives the client's personalized model for evaluation.
+
+Everything that must survive between rounds for one client (a personal head, FedALA's
+weights, FedOBP's stored theta_k, Ditto's personal model) is a dict of numpy arrays that the
+engine keeps in the client-state store and hands back the next time. Models are flat float32
+vectors (see harness.params). Adding an algorithm means writing one module with a subclass
+and `@register`; the engine does not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.config import TrainSpec
+    from harness.params import ParamSpec
+    from harness.training import LocalTrainer
+
+State = dict[str, np.ndarray]
+
+
+class Params(BaseModel):
+    """Hyperparameters of an algorithm; subclasses add fields with documented defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class AlgoContext:
+    spec: ParamSpec
+    train: TrainSpec
+    num_clients: int
+    num_classes: int
+    seed: int
+
+
+@dataclass
+class ClientJob:
+    """One virtual client's work order for one round (or one evaluation)."""
+
+    cid: int
+    round: int
+    payload: State
+    state: State
+    max_steps: int | None = None  # from the compute budget; None = the full local work
+
+
+@dataclass
+class ClientUpdate:
+    cid: int
+    num_samples: int  # local training-set size: the FedAvg weight
+    upload: State
+    state: State
+    steps: int = 0
+    samples_processed: int = 0
+    loss: float = float("nan")
+    finite: bool = True
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Algorithm:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    #: Which defaults come from where (shown by `fedharness algorithms`).
+    source: ClassVar[str] = ""
+
+    def __init__(self, params: Params, ctx: AlgoContext):
+        self.params = params
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.shared = self.shared_mask()
+
+    # ----- model ------------------------------------------------------------------------
+    def build_model(self, model: nn.Module) -> nn.Module:
+        """Wrap or extend the base model (FedRoD adds a personal head). Default: unchanged."""
+        return model
+
+    def shared_mask(self) -> np.ndarray:
+        """Elements of the flat model that are communicated and averaged. Default: all."""
+        return np.ones(self.spec.size, dtype=bool)
+
+    # ----- server side ----------------------------------------------------------------------
+    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
+        """(payload sent to the client, possibly updated state). Default: the global model."""
+        return {"model": global_vec}, state
+
+    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
+        """Sample-weighted average of uploaded models over the shared elements (float64, cid order)."""
+        if not updates:
+            return global_vec
+        total = np.zeros(self.spec.size, dtype=np.float64)
+        weight = 0.0
+        for u in sorted(updates, key=lambda u: u.cid):
+            total += u.num_samples * u.upload["model"].astype(np.float64)
+            weight += u.num_samples
+        new = global_vec.copy()
+        new[self.shared] = (total / weight)[self.shared].astype(np.float32)
+        return new
+
+    def round_metrics(self) -> dict[str, float]:
+        """Server-side metrics of the round just aggregated (e.g. FedOBP's personalized counts)."""
+        return {}
+
+    def bytes_down(self, payload: State) -> int:
+        return 4 * int(self.shared.sum()) if "model" in payload else 0
+
+    def bytes_up(self, update: ClientUpdate) -> int:
+        return 4 * int(self.shared.sum()) if "model" in update.upload else 0
+
+    # ----- client side (inside a worker) ----------------------------------------------------
+    def local_update(self, job: ClientJob, trainer: LocalTrainer) -> ClientUpdate:
+        """Default: FedAvg's E epochs of SGD from the received model; upload the result."""
+        trainer.set_vector(job.payload["model"])
+        trainer.train(job)
+        return trainer.update(job, upload={"model": trainer.get_vector()}, state=job.state)
+
+    def eval_vector(self, job: ClientJob, trainer: LocalTrainer) -> np.ndarray:
+        """The client's personalized model, built from the current global model (job.payload['model'])
+        and its stored state. Default: the global model."""
+        return job.payload["model"]
+
+    # ----- helpers for subclasses -------------------------------------------------------------
+    def merge_personal(self, global_vec: np.ndarray, personal: np.ndarray | None) -> np.ndarray:
+        """Global values on shared elements, the client's own values (state) elsewhere."""
+        out = global_vec.copy()
+        if personal is not None:
+            out[~self.shared] = personal
+        return out

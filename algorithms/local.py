@@ -1,0 +1,37 @@
+"""Local-only: each client trains its own model from the common initialisation and never
+communicates. The lower bound of collaboration; the reference point of every PFL table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, State
+from algorithms.registry import register
+
+
+@register
+class Local(Algorithm):
+    name = "local"
+    source = "standard baseline (e.g. FedOBP paper Table 2)"
+
+    def shared_mask(self) -> np.ndarray:
+        return np.zeros(self.spec.size, dtype=bool)  # nothing is sent or averaged
+
+    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
+        # the global vector never changes (nothing is averaged): it is the common initialisation
+        return {"model": global_vec}, state
+
+    def bytes_down(self, payload: State) -> int:
+        return 0
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        trainer.set_vector(job.state.get("model", job.payload["model"]))
+        trainer.train(job)
+        model = trainer.get_vector()
+        return trainer.update(job, upload={}, state={"model": model})
+
+    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
+        return global_vec
+
+    def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
+        return job.state.get("model", job.payload["model"])

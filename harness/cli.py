@@ -1,0 +1,147 @@
+"""The `fedharness` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from harness.config import ConfigError, RunConfig, load_config
+
+RESULT_COLUMNS = ["personal_acc", "best_personal_acc", "personal_acc_mean", "personal_acc_worst10", "global_acc",
+                  "sim_time", "bytes_up_total"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedharness", description="Ray-parallel benchmark harness for personalized FL")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one spec (or one spec per algorithm with --compare)")
+    run.add_argument("spec")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.name=fedper rounds=50")
+    run.add_argument("--compare", help="comma-separated algorithms to run on the same spec, then a table")
+    _common(run)
+
+    res = sub.add_parser("resume", help="continue a run from its last checkpoint, in the same MLflow run")
+    res.add_argument("run_id")
+    res.add_argument("--checkpoint-dir", default=".fedharness/checkpoints")
+    res.add_argument("--quiet", action="store_true")
+
+    alg = sub.add_parser("algorithms", help="list algorithms with their hyperparameters and defaults")
+    alg.add_argument("--markdown", action="store_true")
+
+    val = sub.add_parser("validate", help="check a spec and print the resolved config")
+    val.add_argument("spec")
+    val.add_argument("overrides", nargs="*")
+
+    for name, helptext in (("partition", "summarize a partition and draw its heatmap"),
+                           ("study", "run a grid of specs (one MLflow run per cell)"),
+                           ("leaderboard", "rank runs of an experiment and export tables/plots"),
+                           ("ui", "start the MLflow UI on 127.0.0.1")):
+        sub.add_parser(name, help=helptext, add_help=False)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in ("partition", "study", "leaderboard", "ui"):
+        return _delegate(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ["FEDHARNESS_QUIET"] = "1"
+    try:
+        return {"run": cmd_run, "resume": cmd_resume, "algorithms": cmd_algorithms,
+                "validate": cmd_validate}[args.command](args)
+    except ConfigError as err:
+        print(f"fedharness: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"fedharness: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedharness: interrupted; completed rounds are checkpointed (see `fedharness resume`)", file=sys.stderr)
+        return 130
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module = {"partition": "partitions.cli", "study": "harness.study", "leaderboard": "harness.leaderboard",
+              "ui": "harness.ui"}[command]
+    try:
+        return importlib.import_module(module).main(argv)
+    except ConfigError as err:
+        print(f"fedharness: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"fedharness: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _with_tracking(cfg: RunConfig, uri: str | None) -> RunConfig:
+    if uri:
+        cfg.tracking.uri = uri
+    return cfg
+
+
+def cmd_run(args) -> int:
+    from harness.engine import run
+    from harness.report import print_table
+
+    cfg = _with_tracking(load_config(args.spec, args.overrides), args.tracking_uri)
+    algorithms = args.compare.split(",") if args.compare else [cfg.algorithm.name]
+    configs = [load_config(args.spec, [*args.overrides, f"algorithm.name={a}"]) if args.compare else cfg
+               for a in algorithms]
+    rows = []
+    for c in configs:
+        _with_tracking(c, args.tracking_uri)
+        result = run(c, progress=not args.quiet)
+        rows.append({"algorithm": c.algorithm.name, "run_id": result.run_id,
+                     **{k: result.final.get(k) for k in RESULT_COLUMNS}})
+    print_table(rows, title=f"{cfg.name}: {cfg.data.source}, {cfg.partition.scheme}, {cfg.rounds} rounds, "
+                            f"seed {cfg.seed} (final = last evaluated round)")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from harness.engine import resume
+    from harness.report import print_table
+
+    result = resume(args.run_id, args.checkpoint_dir, progress=not args.quiet)
+    print_table([{"algorithm": result.config.algorithm.name, "run_id": result.run_id,
+                  **{k: result.final.get(k) for k in RESULT_COLUMNS}}], title="resumed run")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    import yaml
+
+    cfg = load_config(args.spec, args.overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_algorithms(args) -> int:
+    from algorithms import registry
+
+    for name in registry.names():
+        cls = registry.get(name)
+        print(f"{name}  —  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        if cls.source:
+            print(f"    defaults from: {cls.source}")
+        for field, info in cls.Params.model_fields.items():
+            print(f"    {field} = {info.default!r}    {info.description or ''}")
+        if not cls.Params.model_fields:
+            print("    (no hyperparameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Run specification: YAML file + dotted overrides -> validated RunConfig.
+
+Bad input never reaches the engine: an unknown key, a wrong type, an out-of-range value or
+an unknown algorithm/data set/model raises ConfigError with one line that names the field,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from partitions.spec import DataSpec, PartitionSpec, Strict
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing description of what is wrong with a run spec."""
+
+
+class ModelSpec(Strict):
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(Strict):
+    """Local training. Defaults follow the FedOBP paper's logged runs (SGD, lr 0.01, momentum 0.7, batch 32)."""
+
+    local_epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.7, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class AlgorithmSpec(BaseModel):
+    """`name` picks the algorithm; every other key is one of its hyperparameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "fedavg"
+
+    @model_validator(mode="after")
+    def _known_algorithm(self) -> AlgorithmSpec:
+        from algorithms import registry
+
+        try:
+            cls = registry.get(self.name)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        try:
+            cls.Params(**(self.model_extra or {}))
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
+                raise ValueError(f"{self.name} has no hyperparameter {key!r}; its hyperparameters: {allowed}") from None
+            raise ValueError(f"{self.name}.{key}: {e['msg']} (got {e.get('input')!r})") from None
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        from algorithms import registry
+
+        return registry.get(self.name).Params(**(self.model_extra or {})).model_dump()
+
+
+class WorkersSpec(Strict):
+    num_workers: int = Field(2, ge=1, description="Ray worker actors (the virtual clients are not actors)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per worker actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPU share per worker actor")
+    address: str | None = Field(None, description="existing Ray cluster (e.g. 'auto' or ray://host:10001)")
+    max_retries: int = Field(3, ge=0, description="re-runs of a batch whose worker died")
+    use_ray: bool = Field(True, description="false runs the workers in-process (debugging)")
+
+
+class StoreSpec(Strict):
+    backend: Literal["memory", "disk"] = "memory"
+    path: str | None = Field(None, description="disk backend folder (default: a folder under the run's checkpoint dir)")
+
+
+class TrackingSpec(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
+    experiment: str = "fedharness"
+    enabled: bool = True
+
+
+class TierSpec(Strict):
+    fraction: float = Field(gt=0, le=1)
+    seconds_per_sample: float = Field(gt=0)
+    upload_mbps: float = Field(gt=0)
+    download_mbps: float = Field(gt=0)
+    max_steps: int | None = Field(None, ge=1, description="per-round step budget of this tier")
+
+
+class DevicesSpec(Strict):
+    """How clients' device profiles are drawn (deterministic per seed)."""
+
+    distribution: Literal["uniform", "tiers", "lognormal", "trace"] = "uniform"
+    seconds_per_sample: float = Field(0.001, gt=0, description="uniform/lognormal median compute time")
+    upload_mbps: float = Field(10.0, gt=0)
+    download_mbps: float = Field(50.0, gt=0)
+    sigma: float = Field(0.5, ge=0, description="lognormal spread of speed and bandwidth")
+    tiers: list[TierSpec] = Field(default_factory=list)
+    trace_file: str | None = Field(None, description="CSV with seconds_per_sample,upload_mbps,download_mbps[,availability]")
+    availability: float = Field(1.0, gt=0, le=1, description="probability a client is online in a round")
+
+
+class BudgetSpec(Strict):
+    mode: Literal["fixed", "deadline", "overcommit"] = "fixed"
+    deadline_s: float | None = Field(None, gt=0, description="round deadline in simulated seconds")
+    partial_work: bool = Field(True, description="deadline: do the steps that fit (else drop stragglers)")
+    min_steps: int = Field(1, ge=1, description="deadline: fewer steps than this and the client is dropped")
+    overcommit: float = Field(0.3, ge=0, description="overcommit: sample (1+x)K clients, keep the first K")
+    devices: DevicesSpec = DevicesSpec()
+
+    @model_validator(mode="after")
+    def _deadline_needs_time(self) -> BudgetSpec:
+        if self.mode == "deadline" and self.deadline_s is None:
+            raise ValueError("budget.mode=deadline needs budget.deadline_s")
+        return self
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(20, ge=1)
+    clients_per_round: int | None = Field(None, ge=1, description="overrides join_ratio")
+    join_ratio: float = Field(0.1, gt=0, le=1)
+    eval_every: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nan_policy: Literal["drop", "fail"] = Field("drop", description="a client whose loss is NaN/inf")
+    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_dir: str = ".fedharness/checkpoints"
+    data: DataSpec = DataSpec()
+    partition: PartitionSpec = PartitionSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    workers: WorkersSpec = WorkersSpec()
+    store: StoreSpec = StoreSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    budget: BudgetSpec = BudgetSpec()
+
+    def sampled_per_round(self, num_train_clients: int) -> int:
+        k = self.clients_per_round or max(1, round(self.join_ratio * num_train_clients))
+        return min(k, num_train_clients)
+
+    def config_hash(self) -> str:
+        """Identity of the experiment (excludes where it runs and where it is tracked)."""
+        body = self.model_dump(mode="json", exclude={"workers", "tracking", "checkpoint_dir", "store"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def _describe(err: ValidationError, model: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        parent = e["loc"][:-1]
+        allowed = _fields_at(model, parent)
+        return f"unknown key {loc!r}; allowed keys here: {', '.join(allowed)}"
+    value = e.get("input")
+    msg = e["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):
+        return f"{loc}: {msg}" if loc else msg
+    return f"{loc or 'config'}: {msg} (got {json.dumps(value, default=str)})"
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML spec (or a dict), apply `a.b=value` overrides, validate."""
+    if isinstance(source, dict):
+        tree = json.loads(json.dumps(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"spec file {str(path)!r} does not exist")
+        with path.open() as fh:
+            tree = yaml.safe_load(fh) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"spec file {str(path)!r} must hold a mapping at top level")
+    tree = apply_overrides(tree, overrides or [])
+    return validate(tree)
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, RunConfig)) from None
+    except KeyError as err:  # unknown registry entry
+        raise ConfigError(str(err.args[0])) from None

@@ -1,0 +1,275 @@
+"""The round loop: sample -> prepare (server) -> train (workers) -> settle clock -> aggregate
+-> commit client states -> evaluate -> log -> checkpoint.
+
+A run is resumable after any crash: each round ends with an atomic checkpoint (global model,
+client-state store, clock totals, metric history); every random draw is derived from
+(seed, purpose, round, client), so nothing else needs saving for a bit-identical resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from algorithms.base import ClientJob, ClientUpdate
+from harness.budgets import DeviceProfiles, VirtualClock
+from harness.config import RunConfig, validate
+from harness.evaluation import evaluation_metrics
+from harness.executor import make_executor
+from harness.progress import RoundProgress
+from harness.store import DiskStore, MemoryStore, make_store
+from harness.tracking import Tracker
+from harness.worker import build_algorithm
+from partitions import build_federated_dataset
+from partitions.stats import partition_summary, save_partition_artifacts
+
+log = logging.getLogger(__name__)
+CHUNK = 64  # clients per remote call: bounds the driver's memory for full-model states
+
+
+class RunFailed(RuntimeError):
+    """A fatal condition of the run itself (not a bug): e.g. a diverged client under nan_policy=fail."""
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    config: RunConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    clients: pd.DataFrame | None = None
+    global_vec: np.ndarray | None = None
+
+
+def run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True,
+        stop_after: int | None = None) -> RunResult:
+    """Start a run. `stop_after` ends the process-local loop early (tests of resume)."""
+    return Engine(cfg, tags=tags, progress=progress).loop(stop_after=stop_after)
+
+
+def resume(run_id: str, checkpoint_dir: str = ".fedharness/checkpoints", progress: bool = True) -> RunResult:
+    meta_path = Path(checkpoint_dir) / run_id / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no checkpoint for run {run_id!r} under {checkpoint_dir} (looked for {meta_path})")
+    meta = json.loads(meta_path.read_text())
+    return Engine(validate(meta["config"]), progress=progress, resume_meta=meta).loop()
+
+
+def _chunks(cids: list[int], num_workers: int) -> list[list[int]]:
+    """Sorted clients cut into at most CHUNK-sized pieces, about evenly over the workers."""
+    if not cids:
+        return []
+    pieces = max(num_workers, math.ceil(len(cids) / CHUNK))
+    return [list(p) for p in np.array_split(np.asarray(cids), pieces) if len(p)]
+
+
+class Engine:
+    def __init__(self, cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True,
+                 resume_meta: dict | None = None):
+        self.cfg = cfg
+        self.data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
+        self.algo, _, self.global_vec = build_algorithm(cfg, self.data)
+        self.unseen = set(self.data.meta.get("unseen_clients", []))
+        profiles = DeviceProfiles.draw(cfg.budget, self.data.num_clients, cfg.seed)
+        self.clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
+        self.k = cfg.sampled_per_round(len(self.data.train_clients))
+        self.progress = progress
+        self.start_round = 0
+        self.history: list[dict[str, float]] = []
+        self.totals = {"sim_time": 0.0, "bytes_up_total": 0.0, "bytes_down_total": 0.0}
+        self.tracker = None
+        if cfg.tracking.enabled:
+            run_id = resume_meta["run_id"] if resume_meta else None
+            self.tracker = Tracker(cfg, tags=tags, run_id=run_id)
+        self.run_id = self.tracker.run_id if self.tracker else f"local-{int(time.time() * 1000)}"
+        self.ckpt = Path(cfg.checkpoint_dir) / self.run_id
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        store_path = cfg.store.path or (self.ckpt / "store")
+        self.store = make_store(cfg.store.backend, store_path)
+        if resume_meta:
+            self._restore(resume_meta)
+        elif self.tracker:
+            self._log_start_artifacts()
+
+    # ----- checkpoint ---------------------------------------------------------------------------
+    def _meta(self, done_round: int) -> dict:
+        return {"run_id": self.run_id, "config": self.cfg.model_dump(mode="json"), "done_round": done_round,
+                "history": self.history, "totals": self.totals, "algo_server_state": {}}
+
+    def _write_checkpoint(self, done_round: int) -> None:
+        np.save(self.ckpt / "global.tmp.npy", self.global_vec, allow_pickle=False)
+        os.replace(self.ckpt / "global.tmp.npy", self.ckpt / "global.npy")
+        if isinstance(self.store, MemoryStore):
+            self.store.save(self.ckpt / "store.npz")
+        tmp = self.ckpt / "meta.tmp.json"
+        tmp.write_text(json.dumps(self._meta(done_round)))
+        os.replace(tmp, self.ckpt / "meta.json")  # the commit point of the round
+
+    def _restore(self, meta: dict) -> None:
+        done = meta["done_round"]
+        self.start_round = done + 1
+        self.history = meta["history"]
+        self.totals = meta["totals"]
+        if done >= 0:
+            self.global_vec = np.load(self.ckpt / "global.npy", allow_pickle=False)
+        if isinstance(self.store, DiskStore):
+            self.store.recover(done)
+        else:
+            self.store.load(self.ckpt / "store.npz")
+
+    # ----- one round ---------------------------------------------------------------------------
+    def _train_round(self, rnd: int, executor) -> dict[str, float]:
+        sampled = self.clock.sample(rnd, self.data.train_clients, self.k)
+        est_bytes = 4 * int(self.algo.shared.sum())
+        plan = self.clock.plan(sampled, est_bytes, est_bytes)
+        jobs, down = {}, {}
+        states = self.store.get_many(plan.clients.tolist())
+        for cid in plan.clients.tolist():
+            payload, state = self.algo.server_prepare(cid, rnd, self.global_vec, states[cid])
+            jobs[cid] = ClientJob(cid, rnd, payload, state, plan.max_steps[cid])
+            down[cid] = self.algo.bytes_down(payload)
+        updates: list[ClientUpdate] = []
+        for batch_group in _waves(_chunks(sorted(jobs), executor.num_workers), executor.num_workers):
+            results = executor.map("train", [[jobs[c] for c in chunk] for chunk in batch_group])
+            updates.extend(u for part in results for u in part)
+        updates.sort(key=lambda u: u.cid)
+        bad = [u.cid for u in updates if not u.finite]
+        if bad and self.cfg.nan_policy == "fail":
+            raise RunFailed(f"round {rnd + 1}: client(s) {bad} produced NaN/inf (nan_policy=fail)")
+        updates = [u for u in updates if u.finite]
+        up = {u.cid: self.algo.bytes_up(u) for u in updates}
+        times = {u.cid: self.clock.client_seconds(u.cid, u.samples_processed, down[u.cid], up[u.cid]) for u in updates}
+        kept_ids, late, round_time = self.clock.settle(times, self.k)
+        if plan.dropped_before and self.cfg.budget.mode == "deadline":
+            round_time = float(self.cfg.budget.deadline_s)
+        kept = [u for u in updates if u.cid in set(kept_ids)]
+        self.global_vec = self.algo.aggregate(self.global_vec, kept)
+        self._pending_states = {u.cid: u.state for u in kept}
+        n = sum(u.num_samples for u in kept)
+        bytes_down = float(sum(down.values()))
+        bytes_up = float(sum(up[c] for c in kept_ids))
+        self.totals["sim_time"] += round_time
+        self.totals["bytes_up_total"] += bytes_up
+        self.totals["bytes_down_total"] += bytes_down
+        return {
+            "train_loss": float(sum(u.loss * u.num_samples for u in kept) / n) if n else float("nan"),
+            "clients_sampled": float(len(sampled)), "clients_trained": float(len(updates)),
+            "clients_kept": float(len(kept)), "clients_dropped": float(len(plan.dropped_before)),
+            "clients_late": float(len(late)), "clients_nonfinite": float(len(bad)),
+            "local_steps_mean": float(np.mean([u.steps for u in kept])) if kept else 0.0,
+            "sim_round_time": round_time, "bytes_up": bytes_up, "bytes_down": bytes_down, **self.totals,
+            **self.algo.round_metrics(),
+        }
+
+    def _evaluate(self, rnd: int, executor) -> tuple[dict[str, float], pd.DataFrame]:
+        evals = []
+        all_clients = list(range(self.data.num_clients))
+        for batch_group in _waves(_chunks(all_clients, executor.num_workers), executor.num_workers):
+            wave = [c for chunk in batch_group for c in chunk]
+            states = self.store.get_many(wave)
+            batches = [[ClientJob(c, rnd, {"model": self.global_vec}, states[c]) for c in chunk]
+                       for chunk in batch_group]
+            evals.extend(e for part in executor.map("evaluate", batches) for e in part)
+        return evaluation_metrics(evals, self.unseen)
+
+    # ----- the loop -------------------------------------------------------------------------------
+    def loop(self, stop_after: int | None = None) -> RunResult:
+        cfg = self.cfg
+        result = RunResult(self.run_id, cfg, self.history)
+        executor = None
+        bar = RoundProgress(cfg.rounds, self.start_round, enabled=self.progress, label=f"{cfg.algorithm.name}")
+        status, reason = "FINISHED", None
+        try:
+            executor = make_executor(cfg, self.data)
+            clients = None
+            for rnd in range(self.start_round, cfg.rounds):
+                t0 = time.perf_counter()
+                metrics = self._train_round(rnd, executor)
+                last = rnd == cfg.rounds - 1
+                if (rnd + 1) % cfg.eval_every == 0 or last:
+                    eval_metrics, clients = self._evaluate(rnd, executor)
+                    metrics |= eval_metrics
+                metrics["wall_round_time"] = time.perf_counter() - t0
+                metrics = {k: float(v) for k, v in metrics.items()}
+                self.history.append({"round": rnd + 1, **metrics})
+                if self.tracker:
+                    self.tracker.log_round(rnd + 1, metrics)
+                self.store.commit(self._pending_states, rnd, mark_done=lambda r=rnd: self._write_checkpoint(r))
+                bar.update(rnd + 1, metrics)
+                if stop_after is not None and rnd + 1 >= stop_after and not last:
+                    status = "RUNNING"  # interrupted on purpose; resumable
+                    break
+            else:
+                result.clients = clients
+                result.final = _final_metrics(self.history)
+                if self.tracker:
+                    self._log_end_artifacts(result)
+        except KeyboardInterrupt:
+            status, reason = "KILLED", "interrupted (Ctrl-C); resume with: fedharness resume " + self.run_id
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded on the MLflow run, then re-raised
+            status, reason = "FAILED", f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            bar.close()
+            if executor is not None:
+                executor.shutdown()
+            if self.tracker and status != "RUNNING":
+                self.tracker.end(status, reason)
+        result.history = self.history
+        result.global_vec = self.global_vec
+        return result
+
+    # ----- artifacts ------------------------------------------------------------------------------
+    def _log_start_artifacts(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_path = Path(tmp) / "config.yaml"
+            cfg_path.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+            self.tracker.log_artifact(cfg_path)
+            for path in save_partition_artifacts(self.data, Path(tmp)):
+                self.tracker.log_artifact(path, "partition")
+            summary = partition_summary(self.data)
+            self.tracker.set_tags({f"partition.{k}": v for k, v in summary.items()})
+
+    def _log_end_artifacts(self, result: RunResult) -> None:
+        from harness.plots import plot_run_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            if result.clients is not None:
+                result.clients.to_csv(tmp / "clients_final.csv", index=False)
+                self.tracker.log_artifact(tmp / "clients_final.csv")
+            pd.DataFrame(self.history).to_csv(tmp / "history.csv", index=False)
+            self.tracker.log_artifact(tmp / "history.csv")
+            plot_run_curves(self.history, tmp / "accuracy.png", title=f"{self.cfg.name} — {self.cfg.algorithm.name}")
+            self.tracker.log_artifact(tmp / "accuracy.png")
+
+    def cleanup_checkpoint(self) -> None:
+        shutil.rmtree(self.ckpt, ignore_errors=True)
+
+
+def _waves(chunks: list[list[int]], num_workers: int) -> list[list[list[int]]]:
+    return [chunks[i : i + num_workers] for i in range(0, len(chunks), num_workers)]
+
+
+def _final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Final = last evaluated round; best_* = max over evaluated rounds (both reported, named)."""
+    evaluated = [h for h in history if "personal_acc" in h]
+    if not evaluated:
+        return {}
+    final = {k: v for k, v in evaluated[-1].items() if k != "round"}
+    for key in ("personal_acc", "personal_acc_mean", "personal_acc_worst10", "global_acc"):
+        final[f"best_{key}"] = max(h[key] for h in evaluated)
+    final["rounds"] = float(history[-1]["round"])
+    return final

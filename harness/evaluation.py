@@ -1,0 +1,57 @@
+"""The evaluation protocol: every client's local test split, personalized and global models.
+
+personal_acc          total correct / total test samples, each client using its own model
+personal_acc_mean     unweighted mean of per-client accuracies
+personal_acc_worst10  mean accuracy of the worst 10% of clients (at least one client)
+global_acc(_mean)     the same for the global model
+*_loss                sample-weighted mean cross-entropy
+unseen_* / seen_*     the same restricted to clients that never / do train (when some are unseen)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.worker import ClientEval
+
+
+def per_client_frame(evals: list[ClientEval]) -> pd.DataFrame:
+    rows = sorted(evals, key=lambda e: e.cid)
+    df = pd.DataFrame({
+        "client": [e.cid for e in rows],
+        "test_samples": [e.n for e in rows],
+        "personal_correct": [e.correct for e in rows],
+        "personal_loss_sum": [e.loss for e in rows],
+        "global_correct": [e.global_correct for e in rows],
+        "global_loss_sum": [e.global_loss for e in rows],
+    })
+    n = df["test_samples"].clip(lower=1)
+    df["personal_acc"] = df["personal_correct"] / n
+    df["global_acc"] = df["global_correct"] / n
+    return df
+
+
+def summarize(df: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    df = df[df["test_samples"] > 0]
+    if df.empty:
+        return {}
+    total = float(df["test_samples"].sum())
+    k = max(1, int(np.ceil(0.1 * len(df))))
+    out = {}
+    for who in ("personal", "global"):
+        acc = df[f"{who}_acc"].to_numpy(dtype=np.float64)
+        out[f"{prefix}{who}_acc"] = float(df[f"{who}_correct"].sum()) / total
+        out[f"{prefix}{who}_acc_mean"] = float(acc.mean())
+        out[f"{prefix}{who}_acc_worst10"] = float(np.sort(acc)[:k].mean())
+        out[f"{prefix}{who}_loss"] = float(df[f"{who}_loss_sum"].sum()) / total
+    return out
+
+
+def evaluation_metrics(evals: list[ClientEval], unseen: set[int]) -> tuple[dict[str, float], pd.DataFrame]:
+    df = per_client_frame(evals)
+    metrics = summarize(df)
+    if unseen:
+        is_unseen = df["client"].isin(unseen)
+        metrics |= summarize(df[is_unseen], "unseen_") | summarize(df[~is_unseen], "seen_")
+    return metrics, df

@@ -1,0 +1,96 @@
+"""Runs batches of client jobs on a pool of workers: Ray actors, or in-process.
+
+`map(method, batches)` sends batch i to worker i % W in one call each and returns the results
+in batch order. When a Ray actor dies mid-round its batch is re-run on a fresh actor (up to
+`max_retries` times); since a client's training depends only on (seed, round, client), the
+retried results are identical to what the dead actor would have returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from harness.config import RunConfig
+from harness.worker import Worker
+from partitions.federated import FederatedDataset
+
+log = logging.getLogger(__name__)
+
+
+class InProcessExecutor:
+    def __init__(self, cfg: RunConfig, data: FederatedDataset):
+        self.workers = [Worker(cfg.model_dump(mode="json"), data, num_threads=max(1, int(cfg.workers.num_cpus)))]
+        self.num_workers = cfg.workers.num_workers
+
+    def map(self, method: str, batches: list[list[Any]]) -> list[list[Any]]:
+        return [getattr(self.workers[0], method)(batch) for batch in batches]
+
+    def shutdown(self) -> None:
+        self.workers = []
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join cfg.workers.address, or start a local Ray with the CPUs the config asks for."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}}
+    if cfg.workers.address:
+        ray.init(address=cfg.workers.address, runtime_env=env, log_to_driver=False)
+    else:
+        cpus = max(int(round(cfg.workers.num_workers * cfg.workers.num_cpus)), 1)
+        ray.init(num_cpus=cpus, num_gpus=None, include_dashboard=False, runtime_env=env,
+                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+
+
+class RayExecutor:
+    def __init__(self, cfg: RunConfig, data: FederatedDataset):
+        init_ray(cfg)
+        self.cfg = cfg
+        self.max_retries = cfg.workers.max_retries
+        self.num_workers = cfg.workers.num_workers
+        self._data_ref = ray.put(data)
+        self._remote = ray.remote(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)(Worker)
+        self.actors = [self._new_actor() for _ in range(self.num_workers)]
+        ray.get([a.ping.remote() for a in self.actors])
+
+    def _new_actor(self):
+        return self._remote.remote(self.cfg.model_dump(mode="json"), self._data_ref,
+                                   max(1, int(self.cfg.workers.num_cpus)))
+
+    def map(self, method: str, batches: list[list[Any]]) -> list[list[Any]]:
+        used = {i: self.actors[i % self.num_workers] for i in range(len(batches))}
+        pending = {i: getattr(used[i], method).remote(b) for i, b in enumerate(batches)}
+        results: dict[int, list[Any]] = {}
+        attempts = dict.fromkeys(pending, 0)
+        while pending:
+            for i, ref in list(pending.items()):
+                try:
+                    results[i] = ray.get(ref)
+                    del pending[i]
+                except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
+                    attempts[i] += 1
+                    if attempts[i] > self.max_retries:
+                        raise RuntimeError(f"batch {i} failed on {attempts[i]} workers; last error: {err}") from err
+                    slot = i % self.num_workers
+                    log.warning("worker %d died (%s); re-running its %d clients on a new worker",
+                                slot, type(err).__name__, len(batches[i]))
+                    if self.actors[slot] is used[i]:  # not yet replaced by another failed batch
+                        self.actors[slot] = self._new_actor()
+                    used[i] = self.actors[slot]
+                    pending[i] = getattr(used[i], method).remote(batches[i])
+        return [results[i] for i in range(len(batches))]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def make_executor(cfg: RunConfig, data: FederatedDataset):
+    return RayExecutor(cfg, data) if cfg.workers.use_ray else InProcessExecutor(cfg, data)

@@ -1,0 +1,73 @@
+"""Models. Every model is `head(body(x))`: `body` is the representation, `head` the classifier.
+
+Decoupling algorithms (FedPer, FedRep, LG-FedAvg, FedBABU, FedRoD, FedOBP classifier-only)
+read the split from the tensor names: everything under `head.` is the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+
+class BodyHead(nn.Module):
+    def __init__(self, body: nn.Module, head: nn.Module):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _flat_dim(body: nn.Module, input_shape: tuple[int, ...]) -> int:
+    with torch.no_grad():
+        return int(body(torch.zeros(1, *input_shape)).shape[1])
+
+
+def avgcnn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """The FedOBP/FL-bench reference CNN: conv5x5-32, pool, conv5x5-64, pool, fc-512, classifier.
+
+    On 3x32x32 inputs with 10 classes it has 878,538 parameters, as in the FedOBP paper.
+    """
+    channels, height, width = input_shape
+    if min(height, width) < 16:
+        raise ValueError(f"avgcnn needs images of at least 16x16, got {height}x{width}; use model.name=mlp")
+    conv = nn.Sequential(
+        nn.Conv2d(channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    )
+    dim = _flat_dim(conv, input_shape)
+    body = nn.Sequential(*conv, nn.Linear(dim, 512), nn.ReLU())
+    return BodyHead(body, nn.Linear(512, num_classes))
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> BodyHead:
+    """Two hidden ReLU layers; the default for small inputs such as the 8x8 digits."""
+    dim = 1
+    for d in input_shape:
+        dim *= d
+    body = nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+    return BodyHead(body, nn.Linear(hidden, num_classes))
+
+
+def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """torchvision ResNet-18 adapted to small images: 3x3 stem with stride 1, no max-pool."""
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    head = net.fc
+    net.fc = nn.Identity()
+    return BodyHead(net, head)
+
+
+MODELS: dict[str, Callable[..., BodyHead]] = {"avgcnn": avgcnn, "mlp": mlp, "resnet18": resnet18}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> BodyHead:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](tuple(input_shape), num_classes, **options)

@@ -1,0 +1,87 @@
+"""A worker hosts many virtual clients: one model, one trainer, the shared data arrays.
+
+The same class runs inside a Ray actor or in-process (tests, debugging). Each call handles a
+whole batch of clients, so a round costs one remote call per worker, not one per client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from algorithms import registry
+from algorithms.base import AlgoContext, Algorithm, ClientJob, ClientUpdate
+from harness.config import RunConfig, validate
+from harness.models import build_model
+from harness.params import ParamSpec, model_to_vector
+from harness.rng import torch_generator
+from harness.training import LocalTrainer
+from partitions.federated import FederatedDataset
+
+
+@dataclass
+class ClientEval:
+    cid: int
+    n: int
+    correct: int  # personalized model
+    loss: float
+    global_correct: int  # global model
+    global_loss: float
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is visible to this worker")
+    return torch.device(choice)
+
+
+def build_algorithm(cfg: RunConfig, data: FederatedDataset) -> tuple[Algorithm, torch.nn.Module, np.ndarray]:
+    """The algorithm, its model and the initial flat parameters (same on driver and workers)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch_generator(cfg.seed, "model-init").initial_seed()))
+        base = build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.options)
+        cls = registry.get(cfg.algorithm.name)
+        # build_model may add modules (FedRoD's personal head); its spec is computed after
+        probe = cls.__new__(cls)
+        model = cls.build_model(probe, base)
+    spec = ParamSpec.of(model)
+    ctx = AlgoContext(spec=spec, train=cfg.train, num_clients=data.num_clients, num_classes=data.num_classes,
+                      seed=cfg.seed)
+    algo = cls(cls.Params(**cfg.algorithm.params), ctx)
+    return algo, model, model_to_vector(model, spec)
+
+
+class Worker:
+    def __init__(self, config: dict, data: FederatedDataset, num_threads: int = 1):
+        torch.set_num_threads(max(1, num_threads))
+        self.cfg = validate(config)
+        self.data = data
+        self.algo, model, _ = build_algorithm(self.cfg, data)
+        self.trainer = LocalTrainer(model, self.algo.spec, data, self.cfg.train, resolve_device(self.cfg.device),
+                                    self.cfg.seed)
+
+    def ping(self) -> str:
+        return str(self.trainer.device)
+
+    def train(self, jobs: list[ClientJob]) -> list[ClientUpdate]:
+        out = []
+        for job in jobs:
+            self.trainer.start(job)
+            out.append(self.algo.local_update(job, self.trainer))
+        return out
+
+    def evaluate(self, jobs: list[ClientJob]) -> list[ClientEval]:
+        """Personalized and global metrics on each client's test split. The global model is
+        job.payload['model']; evaluation never counts against a compute budget."""
+        out = []
+        for job in jobs:
+            self.trainer.start(job)
+            personal = self.algo.eval_vector(job, self.trainer)
+            correct, loss, n = self.trainer.evaluate(personal, job.cid)
+            g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)
+            out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss))
+        return out

@@ -1,0 +1,89 @@
+"""FederatedDataset: one array of examples, clients as index arrays (CSR layout).
+
+The arrays go into Ray's object store once; a client is nothing but slices of three index
+arrays (train / val / test), so thousands of clients cost a few bytes each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ArrayData:
+    """A whole data set in memory: what a source returns."""
+
+    x: np.ndarray  # (N, C, H, W) or (N, D); uint8 (scaled by 1/255) or float32
+    y: np.ndarray  # (N,) int64
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, after the 1/255 scaling of uint8
+    std: tuple[float, ...]
+    name: str
+    groups: np.ndarray | None = None  # natural client id per example (e.g. FEMNIST writer)
+    class_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
+        self.y = np.asarray(self.y, dtype=np.int64)
+
+
+def _csr(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in parts])
+    flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    return flat, offsets
+
+
+@dataclass
+class FederatedDataset:
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    index: dict[str, np.ndarray]  # split -> concatenated example indices
+    offsets: dict[str, np.ndarray]  # split -> (num_clients + 1,) offsets into index[split]
+    train_clients: np.ndarray  # ids of clients that train (the rest are unseen, evaluation only)
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_splits(cls, data: ArrayData, splits: dict[str, list[np.ndarray]], train_clients: np.ndarray,
+                    meta: dict | None = None) -> FederatedDataset:
+        index, offsets = {}, {}
+        for split, parts in splits.items():
+            index[split], offsets[split] = _csr(parts)
+        return cls(data.x, data.y, data.num_classes, tuple(data.mean), tuple(data.std), data.name,
+                   index, offsets, np.asarray(train_clients, dtype=np.int64), meta or {})
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.offsets["train"]) - 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def split_of(self, cid: int, split: str = "train") -> np.ndarray:
+        if split not in self.index:
+            return np.zeros(0, dtype=np.int64)
+        o = self.offsets[split]
+        return self.index[split][o[cid] : o[cid + 1]]
+
+    def train_of(self, cid: int) -> np.ndarray:
+        return self.split_of(cid, "train")
+
+    def sizes(self, split: str = "train") -> np.ndarray:
+        return np.diff(self.offsets[split]) if split in self.offsets else np.zeros(self.num_clients, np.int64)
+
+    def label_counts(self, split: str | None = None) -> np.ndarray:
+        """(num_clients, num_classes) label histogram of a split, or of all splits together."""
+        splits = [split] if split else list(self.index)
+        counts = np.zeros((self.num_clients, self.num_classes), dtype=np.int64)
+        for s in splits:
+            owner = np.repeat(np.arange(self.num_clients), np.diff(self.offsets[s]))
+            np.add.at(counts, (owner, self.y[self.index[s]]), 1)
+        return counts

@@ -1,0 +1,61 @@
+"""Shared fixtures. One local Ray cluster per pytest session (starting one costs ~4 s)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FEDHARNESS_QUIET", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_data(sub: str) -> Path:
+    """Path into ../shared/data; skips the test with a clear reason when it is absent."""
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real offline data {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tmp_tracking(tmp_path):
+    """Overrides that send a run's MLflow records and checkpoints into the test's tmp dir."""
+    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint_dir={tmp_path}/ckpt",
+            f"partition.cache_dir={tmp_path}/cache"]
+
+
+def small_config(tmp_path, *overrides: str, **fields):
+    """A fast digits run spec (in-process workers unless overridden)."""
+    from harness.config import load_config
+
+    base = {
+        "name": "test", "seed": 0, "rounds": 3, "join_ratio": 0.5, "eval_every": 1,
+        "data": {"source": "digits"},
+        "partition": {"scheme": "dirichlet", "num_clients": 10, "alpha": 0.5, "min_samples": 10,
+                      "cache_dir": str(tmp_path / "cache")},
+        "model": {"name": "mlp", "options": {"hidden": 32}},
+        "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.05},
+        "workers": {"num_workers": 2, "use_ray": False},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tests", "enabled": False},
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+    }
+    for key, value in fields.items():
+        base[key] = value
+    return load_config(base, list(overrides))
