@@ -36,6 +36,8 @@ from partitions.stats import partition_summary, save_partition_artifacts
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # clients per remote call: bounds the driver's memory for full-model states
+CLIENT_LOG_COLUMNS = ["round", "client", "steps", "samples_processed", "sim_seconds", "bytes_down", "bytes_up",
+                      "outcome"]
 
 
 class RunFailed(RuntimeError):
@@ -50,12 +52,14 @@ class RunResult:
     final: dict[str, float] = field(default_factory=dict)
     clients: pd.DataFrame | None = None
     global_vec: np.ndarray | None = None
+    client_log: pd.DataFrame | None = None
 
 
 def run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True,
-        stop_after: int | None = None) -> RunResult:
-    """Start a run. `stop_after` ends the process-local loop early (tests of resume)."""
-    return Engine(cfg, tags=tags, progress=progress).loop(stop_after=stop_after)
+        stop_after: int | None = None, executor_factory=make_executor) -> RunResult:
+    """Start a run. `stop_after` ends the loop early, leaving a resumable run (as a crash would);
+    `executor_factory(cfg, data)` lets tests inject faults into the worker pool."""
+    return Engine(cfg, tags=tags, progress=progress).loop(stop_after=stop_after, executor_factory=executor_factory)
 
 
 def resume(run_id: str, checkpoint_dir: str = ".fedharness/checkpoints", progress: bool = True) -> RunResult:
@@ -116,8 +120,24 @@ class Engine:
         tmp.write_text(json.dumps(self._meta(done_round)))
         os.replace(tmp, self.ckpt / "meta.json")  # the commit point of the round
 
+    @property
+    def client_log_path(self) -> Path:
+        return self.ckpt / "client_rounds.csv"
+
+    def _append_client_log(self) -> None:
+        """Per client and round: steps, simulated seconds, bytes, kept/late/dropped (an artifact)."""
+        frame = pd.DataFrame(self._client_rows, columns=CLIENT_LOG_COLUMNS)
+        frame.to_csv(self.client_log_path, mode="a", header=not self.client_log_path.exists(), index=False)
+
+    def client_log(self) -> pd.DataFrame:
+        if not self.client_log_path.exists():
+            return pd.DataFrame(columns=CLIENT_LOG_COLUMNS)
+        return pd.read_csv(self.client_log_path)
+
     def _restore(self, meta: dict) -> None:
         done = meta["done_round"]
+        log_frame = self.client_log()
+        log_frame[log_frame["round"] <= done + 1].to_csv(self.client_log_path, index=False)
         self.start_round = done + 1
         self.history = meta["history"]
         self.totals = meta["totals"]
@@ -144,6 +164,7 @@ class Engine:
             results = executor.map("train", [[jobs[c] for c in chunk] for chunk in batch_group])
             updates.extend(u for part in results for u in part)
         updates.sort(key=lambda u: u.cid)
+        trained = len(updates)
         bad = [u.cid for u in updates if not u.finite]
         if bad and self.cfg.nan_policy == "fail":
             raise RunFailed(f"round {rnd + 1}: client(s) {bad} produced NaN/inf (nan_policy=fail)")
@@ -154,6 +175,12 @@ class Engine:
         if plan.dropped_before and self.cfg.budget.mode == "deadline":
             round_time = float(self.cfg.budget.deadline_s)
         kept = [u for u in updates if u.cid in set(kept_ids)]
+        self._client_rows = [
+            {"round": rnd + 1, "client": u.cid, "steps": u.steps, "samples_processed": u.samples_processed,
+             "sim_seconds": times[u.cid], "bytes_down": down[u.cid], "bytes_up": up[u.cid],
+             "outcome": "kept" if u.cid in set(kept_ids) else "late"} for u in updates]
+        self._client_rows += [{"round": rnd + 1, "client": c, "outcome": "nonfinite"} for c in bad]
+        self._client_rows += [{"round": rnd + 1, "client": c, "outcome": "no_time"} for c in plan.dropped_before]
         self.global_vec = self.algo.aggregate(self.global_vec, kept)
         self._pending_states = {u.cid: u.state for u in kept}
         n = sum(u.num_samples for u in kept)
@@ -164,7 +191,7 @@ class Engine:
         self.totals["bytes_down_total"] += bytes_down
         return {
             "train_loss": float(sum(u.loss * u.num_samples for u in kept) / n) if n else float("nan"),
-            "clients_sampled": float(len(sampled)), "clients_trained": float(len(updates)),
+            "clients_sampled": float(len(sampled)), "clients_trained": float(trained),
             "clients_kept": float(len(kept)), "clients_dropped": float(len(plan.dropped_before)),
             "clients_late": float(len(late)), "clients_nonfinite": float(len(bad)),
             "local_steps_mean": float(np.mean([u.steps for u in kept])) if kept else 0.0,
@@ -184,14 +211,14 @@ class Engine:
         return evaluation_metrics(evals, self.unseen)
 
     # ----- the loop -------------------------------------------------------------------------------
-    def loop(self, stop_after: int | None = None) -> RunResult:
+    def loop(self, stop_after: int | None = None, executor_factory=make_executor) -> RunResult:
         cfg = self.cfg
         result = RunResult(self.run_id, cfg, self.history)
         executor = None
         bar = RoundProgress(cfg.rounds, self.start_round, enabled=self.progress, label=f"{cfg.algorithm.name}")
         status, reason = "FINISHED", None
         try:
-            executor = make_executor(cfg, self.data)
+            executor = executor_factory(cfg, self.data)
             clients = None
             for rnd in range(self.start_round, cfg.rounds):
                 t0 = time.perf_counter()
@@ -205,6 +232,7 @@ class Engine:
                 self.history.append({"round": rnd + 1, **metrics})
                 if self.tracker:
                     self.tracker.log_round(rnd + 1, metrics)
+                self._append_client_log()
                 self.store.commit(self._pending_states, rnd, mark_done=lambda r=rnd: self._write_checkpoint(r))
                 bar.update(rnd + 1, metrics)
                 if stop_after is not None and rnd + 1 >= stop_after and not last:
@@ -229,6 +257,7 @@ class Engine:
                 self.tracker.end(status, reason)
         result.history = self.history
         result.global_vec = self.global_vec
+        result.client_log = self.client_log()
         return result
 
     # ----- artifacts ------------------------------------------------------------------------------
@@ -252,6 +281,9 @@ class Engine:
                 self.tracker.log_artifact(tmp / "clients_final.csv")
             pd.DataFrame(self.history).to_csv(tmp / "history.csv", index=False)
             self.tracker.log_artifact(tmp / "history.csv")
+            self.tracker.log_artifact(self.client_log_path)
+            best = {k: v for k, v in result.final.items() if k.startswith("best_")}
+            self.tracker.log_round(int(self.history[-1]["round"]), best)
             plot_run_curves(self.history, tmp / "accuracy.png", title=f"{self.cfg.name} — {self.cfg.algorithm.name}")
             self.tracker.log_artifact(tmp / "accuracy.png")
 

@@ -56,6 +56,7 @@ class RayExecutor:
         self.num_workers = cfg.workers.num_workers
         self._data_ref = ray.put(data)
         self._remote = ray.remote(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)(Worker)
+        self.retries = 0
         self.actors = [self._new_actor() for _ in range(self.num_workers)]
         ray.get([a.ping.remote() for a in self.actors])
 
@@ -64,26 +65,35 @@ class RayExecutor:
                                    max(1, int(self.cfg.workers.num_cpus)))
 
     def map(self, method: str, batches: list[list[Any]]) -> list[list[Any]]:
-        used = {i: self.actors[i % self.num_workers] for i in range(len(batches))}
-        pending = {i: getattr(used[i], method).remote(b) for i, b in enumerate(batches)}
+        return self.collect(method, batches, self.submit(method, batches))
+
+    def submit(self, method: str, batches: list[list[Any]]) -> dict[int, tuple[Any, Any]]:
+        """Batch i goes to worker i % W; returns {i: (actor, ObjectRef)}."""
+        inflight = {}
+        for i, batch in enumerate(batches):
+            actor = self.actors[i % self.num_workers]
+            inflight[i] = (actor, getattr(actor, method).remote(batch))
+        return inflight
+
+    def collect(self, method: str, batches: list[list[Any]], inflight: dict[int, tuple[Any, Any]]) -> list[list[Any]]:
         results: dict[int, list[Any]] = {}
-        attempts = dict.fromkeys(pending, 0)
-        while pending:
-            for i, ref in list(pending.items()):
+        attempts = dict.fromkeys(inflight, 0)
+        while inflight:
+            for i, (actor, ref) in list(inflight.items()):
                 try:
                     results[i] = ray.get(ref)
-                    del pending[i]
+                    del inflight[i]
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
                     attempts[i] += 1
+                    self.retries += 1
                     if attempts[i] > self.max_retries:
                         raise RuntimeError(f"batch {i} failed on {attempts[i]} workers; last error: {err}") from err
                     slot = i % self.num_workers
                     log.warning("worker %d died (%s); re-running its %d clients on a new worker",
                                 slot, type(err).__name__, len(batches[i]))
-                    if self.actors[slot] is used[i]:  # not yet replaced by another failed batch
+                    if self.actors[slot] is actor:  # not yet replaced because of another batch
                         self.actors[slot] = self._new_actor()
-                    used[i] = self.actors[slot]
-                    pending[i] = getattr(used[i], method).remote(batches[i])
+                    inflight[i] = (self.actors[slot], getattr(self.actors[slot], method).remote(batches[i]))
         return [results[i] for i in range(len(batches))]
 
     def shutdown(self) -> None:

@@ -1,0 +1,124 @@
+"""Nothing lost: dead workers are replaced, killed drivers resume, diverging clients follow policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from harness.engine import RunFailed, resume, run
+from harness.executor import RayExecutor
+from tests.conftest import ROOT, small_config
+
+
+def _metrics(result):
+    return [{k: v for k, v in h.items() if k != "wall_round_time"} for h in result.history]
+
+
+class KillOnceExecutor(RayExecutor):
+    """Kills worker 0 right after round 2's batches are submitted, while they are in flight."""
+
+    def __init__(self, cfg, data):
+        super().__init__(cfg, data)
+        self.train_calls = 0
+
+    def map(self, method, batches):
+        inflight = self.submit(method, batches)
+        if method == "train":
+            self.train_calls += 1
+            if self.train_calls == 2:
+                ray.kill(inflight[0][0], no_restart=True)
+        return self.collect(method, batches, inflight)
+
+
+def test_worker_killed_mid_round_is_retried_and_results_are_unchanged(tmp_path, ray_session):
+    overrides = ["workers.use_ray=true", "workers.num_workers=2", "rounds=3", "partition.num_clients=20",
+                 "train.local_epochs=3"]
+    calm = run(small_config(tmp_path / "calm", *overrides), progress=False)
+    executors = []
+
+    def factory(cfg, data):
+        executors.append(KillOnceExecutor(cfg, data))
+        return executors[-1]
+
+    disturbed = run(small_config(tmp_path / "kill", *overrides), progress=False, executor_factory=factory)
+    assert executors[0].retries >= 1
+    assert _metrics(calm) == _metrics(disturbed)
+    np.testing.assert_array_equal(calm.global_vec, disturbed.global_vec)
+
+
+@pytest.mark.parametrize("backend", ["memory", "disk"])
+def test_resume_after_stop_equals_uninterrupted_run(tmp_path, backend):
+    overrides = ["tracking.enabled=true", "rounds=4", "algorithm.name=local", f"store.backend={backend}"]
+    whole = run(small_config(tmp_path / "whole", *overrides), progress=False)
+    cfg = small_config(tmp_path / "cut", *overrides)
+    first = run(cfg, progress=False, stop_after=2)
+    assert len(first.history) == 2
+    assert MlflowClient(cfg.tracking.uri).get_run(first.run_id).info.status == "RUNNING"
+    resumed = resume(first.run_id, cfg.checkpoint_dir, progress=False)
+    assert resumed.run_id == first.run_id
+    assert _metrics(resumed) == _metrics(whole)
+    np.testing.assert_array_equal(resumed.global_vec, whole.global_vec)
+    client = MlflowClient(cfg.tracking.uri)
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first.run_id, "personal_acc")] == [1, 2, 3, 4]
+
+
+def test_driver_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    ckpt = tmp_path / "ckpt"
+    cfg = small_config(tmp_path, "tracking.enabled=true", "rounds=6", "algorithm.name=fedavg",
+                       "store.backend=disk", "train.local_epochs=4")
+    spec.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    env = {**os.environ, "FEDHARNESS_QUIET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metas = list(Path(ckpt).glob("*/meta.json"))
+        if metas:
+            try:
+                meta = json.loads(metas[0].read_text())
+            except json.JSONDecodeError:
+                meta = None
+            if meta and meta["done_round"] >= 1:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert meta is not None, "the run never checkpointed"
+    run_id = metas[0].parent.name
+    done = json.loads((ckpt / run_id / "meta.json").read_text())["done_round"]
+    assert done < 5, "the run finished before it could be killed; make it longer"
+    resumed = resume(run_id, str(ckpt), progress=False)
+    whole = run(small_config(tmp_path / "whole", "tracking.enabled=true", "rounds=6", "algorithm.name=fedavg",
+                             "store.backend=disk", "train.local_epochs=4"), progress=False)
+    assert _metrics(resumed) == _metrics(whole)
+
+
+def test_diverging_client_is_dropped_under_drop_policy(tmp_path):
+    result = run(small_config(tmp_path, "train.lr=1e12", "rounds=1", "nan_policy=drop"), progress=False)
+    h = result.history[0]
+    assert h["clients_nonfinite"] > 0
+    assert h["clients_kept"] == h["clients_trained"] - h["clients_nonfinite"]
+    assert np.isfinite(result.global_vec).all()
+
+
+def test_diverging_client_fails_the_run_with_reason_under_fail_policy(tmp_path):
+    cfg = small_config(tmp_path, "train.lr=1e12", "rounds=2", "nan_policy=fail", "tracking.enabled=true")
+    with pytest.raises(RunFailed, match="produced NaN/inf"):
+        run(cfg, progress=False)
+    client = MlflowClient(cfg.tracking.uri)
+    mlrun = client.search_runs([client.get_experiment_by_name("tests").experiment_id])[0]
+    assert mlrun.info.status == "FAILED"
+    assert "NaN/inf" in mlrun.data.tags["fedharness.failure"]
