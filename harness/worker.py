@@ -67,6 +67,11 @@ class Worker:
     def ping(self) -> str:
         return str(self.trainer.device)
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def train(self, jobs: list[ClientJob]) -> list[ClientUpdate]:
         out = []
         for job in jobs:
