@@ -20,6 +20,8 @@ class FedAvgParams(Params):
 
 @register
 class FedAvg(Algorithm):
+    """FedAvg: local SGD from the global model, sample-weighted average of full models (+ optional fine-tune)."""
+
     name = "fedavg"
     Params = FedAvgParams
     source = "McMahan et al. 2017; fine-tune off by default"

@@ -11,6 +11,8 @@ from algorithms.registry import register
 
 @register
 class Local(Algorithm):
+    """Local-only: every client trains its own model from the common initialisation; nothing is shared."""
+
     name = "local"
     source = "standard baseline (e.g. FedOBP paper Table 2)"
 
