@@ -1,27 +1,72 @@
-"""Data sources, partitioners, per-client splits, partition statistics."""
+"""Data sources, partitioners, per-client splits, partition statistics.
+
+build_federated_dataset = load a source -> deal examples to clients (a partitioner) -> split
+each client locally (train / val / test) -> pick the unseen clients -> apply the per-client
+feature shift. Every random step draws from its own stream rng(seed, purpose), and the result
+(minus the shift, which is recomputed) is cached on disk keyed by data, spec and seed.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from harness.rng import rng
+from partitions.cache import PARTITION_FORMAT, PartitionCache, array_digest, digest
 from partitions.federated import ArrayData, FederatedDataset
-from partitions.partitioners import PARTITIONERS
-from partitions.sources import load_source
-from partitions.spec import DataSpec, PartitionSpec
-from partitions.splits import local_splits
+from partitions.partitioners import PARTITIONERS, apply_feature_shift, feature_shift_params, run_partitioner
+from partitions.sources import SOURCES, load_source
+from partitions.spec import DataSpec, FeatureShiftSpec, PartitionSpec
+from partitions.splits import split_owner
 
-__all__ = ["ArrayData", "FederatedDataset", "build_federated_dataset"]
+__all__ = ["PARTITIONERS", "SOURCES", "ArrayData", "DataSpec", "FeatureShiftSpec", "FederatedDataset",
+           "PartitionSpec", "build_federated_dataset", "load_source", "partition_data"]
 
 
 def build_federated_dataset(data: DataSpec, partition: PartitionSpec, seed: int) -> FederatedDataset:
-    arrays = load_source(data)
-    if partition.scheme not in PARTITIONERS:
-        raise ValueError(f"unknown partition scheme {partition.scheme!r}; choose one of: {', '.join(sorted(PARTITIONERS))}")
-    parts = PARTITIONERS[partition.scheme](arrays.y, partition, rng(seed, "partition"))
-    splits = local_splits(parts, partition.test_fraction, partition.val_fraction, rng(seed, "local-split"))
-    n_unseen = int(round(partition.unseen_fraction * partition.num_clients))
-    unseen = rng(seed, "unseen").choice(partition.num_clients, n_unseen, replace=False)
-    train_clients = np.setdiff1d(np.arange(partition.num_clients), unseen)
-    meta = {"scheme": partition.scheme, "unseen_clients": np.sort(unseen).tolist()}
-    return FederatedDataset.from_splits(arrays, splits, train_clients, meta)
+    return partition_data(load_source(data), partition, seed)
+
+
+def partition_key(data: ArrayData, partition: PartitionSpec, seed: int) -> tuple[str, dict]:
+    about = {"format": PARTITION_FORMAT, "dataset": data.name, "n": int(len(data.y)),
+             "x_shape": list(data.x.shape), "x_dtype": str(data.x.dtype),
+             "labels_sha256": array_digest(data.y, data.groups),
+             "partition": partition.model_dump(mode="json", exclude={"cache_dir"}), "seed": int(seed)}
+    return digest(about), about
+
+
+def partition_data(data: ArrayData, partition: PartitionSpec, seed: int) -> FederatedDataset:
+    """Partition in-memory arrays (what build_federated_dataset does after loading the source)."""
+    k = partition.num_clients
+    cache = PartitionCache(partition.cache_dir) if partition.cache_dir else None
+    key, about = partition_key(data, partition, seed)
+    label = f"{data.name}-{partition.scheme}-{k}"
+    hit = cache.load(key, label) if cache else None
+    if hit is not None:
+        index, offsets, train_clients, meta = hit["index"], hit["offsets"], hit["train_clients"], hit["meta"]
+        status = "hit"
+    else:
+        owner = run_partitioner(data.y, partition, rng(seed, "partition"), groups=data.groups)
+        index, offsets = split_owner(owner, k, partition.test_fraction, partition.val_fraction,
+                                     rng(seed, "local-split"))
+        n_unseen = int(round(partition.unseen_fraction * k))
+        unseen = rng(seed, "unseen").choice(k, n_unseen, replace=False)
+        train_clients = np.setdiff1d(np.arange(k), unseen)
+        meta = {"scheme": partition.scheme, "unseen_clients": np.sort(unseen).tolist(),
+                "num_samples": int(len(data.y)), "assigned_samples": int((owner >= 0).sum())}
+        if partition.scheme == "natural":
+            client_group = np.full(k, -1, dtype=np.int64)
+            client_group[owner[owner >= 0]] = data.groups[owner >= 0]
+            meta["client_groups"] = client_group.tolist()
+        if partition.feature_shift.kind != "none":
+            params = feature_shift_params(partition.feature_shift, k, rng(seed, "feature-shift"))
+            meta["feature_shift"] = {name: values.tolist() for name, values in params.items()}
+        if cache:
+            cache.save(key, label, index, offsets, train_clients, meta, about)
+        status = "miss" if cache else "off"
+    fed = FederatedDataset.from_csr(data, index, offsets, train_clients, {**meta, "cache": status,
+                                                                            "cache_key": key[:24]})
+    if "feature_shift" in meta:
+        shift = meta["feature_shift"]
+        fed.x = apply_feature_shift(data.x, fed.owner(), np.asarray(shift["degrees"], dtype=np.float64),
+                                    np.asarray(shift["noise_std"], dtype=np.float64), rng(seed, "feature-shift-noise"))
+    return fed

@@ -23,11 +23,19 @@ class ArrayData:
     name: str
     groups: np.ndarray | None = None  # natural client id per example (e.g. FEMNIST writer)
     class_names: list[str] | None = None
+    columns: tuple[str, ...] = ()  # per-example columns the source offered (named in error messages)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
         self.y = np.asarray(self.y, dtype=np.int64)
+        if self.groups is not None and len(self.groups) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.groups)} group ids but {len(self.y)} labels")
+
+    def subset(self, keep: slice | np.ndarray) -> ArrayData:
+        groups = self.groups[keep] if self.groups is not None else None
+        return ArrayData(self.x[keep], self.y[keep], self.num_classes, self.mean, self.std, self.name, groups,
+                         self.class_names, self.columns)
 
 
 def _csr(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +67,14 @@ class FederatedDataset:
         return cls(data.x, data.y, data.num_classes, tuple(data.mean), tuple(data.std), data.name,
                    index, offsets, np.asarray(train_clients, dtype=np.int64), meta or {})
 
+    @classmethod
+    def from_csr(cls, data: ArrayData, index: dict[str, np.ndarray], offsets: dict[str, np.ndarray],
+                 train_clients: np.ndarray, meta: dict | None = None, x: np.ndarray | None = None) -> FederatedDataset:
+        """Wrap ready CSR arrays (what the vectorized splitter and the cache produce); `x` replaces the
+        source's inputs (e.g. after a per-client feature shift)."""
+        return cls(data.x if x is None else x, data.y, data.num_classes, tuple(data.mean), tuple(data.std),
+                   data.name, dict(index), dict(offsets), np.asarray(train_clients, dtype=np.int64), meta or {})
+
     @property
     def num_clients(self) -> int:
         return len(self.offsets["train"]) - 1
@@ -82,8 +98,15 @@ class FederatedDataset:
     def label_counts(self, split: str | None = None) -> np.ndarray:
         """(num_clients, num_classes) label histogram of a split, or of all splits together."""
         splits = [split] if split else list(self.index)
-        counts = np.zeros((self.num_clients, self.num_classes), dtype=np.int64)
+        flat = np.zeros(self.num_clients * self.num_classes, dtype=np.int64)
         for s in splits:
             owner = np.repeat(np.arange(self.num_clients), np.diff(self.offsets[s]))
-            np.add.at(counts, (owner, self.y[self.index[s]]), 1)
-        return counts
+            flat += np.bincount(owner * self.num_classes + self.y[self.index[s]], minlength=len(flat))
+        return flat.reshape(self.num_clients, self.num_classes)
+
+    def owner(self) -> np.ndarray:
+        """Client of every example (-1: dealt to no client), over all splits."""
+        out = np.full(len(self.y), -1, dtype=np.int64)
+        for s in self.index:
+            out[self.index[s]] = np.repeat(np.arange(self.num_clients), np.diff(self.offsets[s]))
+        return out
