@@ -27,8 +27,9 @@ Choices where the authors' code leaves a gap (docs/fedobp.md gives the reasons):
 * selection: exactly round((1-q)|C|) elements (half rounded up), the largest scores, ties broken by
   the lower flat index. The authors' rule `score > torch.quantile(score, q)` personalizes
   |C| - 1 - floor(q(|C|-1)) elements when scores are distinct (a difference of at most one), fewer
-  when ties straddle the threshold, and fails on vectors over 2^24 elements; `selection=threshold`
-  reproduces it (linear-interpolated quantile via np.partition, any size).
+  when ties straddle the threshold; torch.quantile also sorts the whole vector and refused more than
+  2^24 elements in the torch releases of the authors' time (pytorch/pytorch#64947).
+  `selection=threshold` reproduces their rule (linear-interpolated quantile via np.partition, any size).
 * a client that never uploaded a model has no "theta": it starts from theta_g, nothing is personal
   (its scores are all zero) and it is evaluated with theta_g. The authors' code initialises theta_k to
   the initial model theta_0; the two agree for clients first sampled in round 0.

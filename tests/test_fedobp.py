@@ -123,7 +123,7 @@ def test_selection_on_twelve_million_elements_is_exact_and_fast():
 
 
 def test_threshold_rule_beyond_torch_quantile_size_limit():
-    n = 2**24 + 1_000_000  # torch.quantile refuses inputs over 2^24 elements
+    n = 2**24 + 1_000_000  # torch.quantile refused inputs over 2^24 elements until recent releases (pytorch#64947)
     score = np.random.default_rng(4).random(n, dtype=np.float32)
     t0 = time.perf_counter()
     tau = quantile_linear(score, 0.9999)
