@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class PartitionCache:
                     "train_clients": z["train_clients"],
                     "meta": json.loads(str(z["meta"])),
                 }
-        except (OSError, ValueError, KeyError):  # unreadable / truncated entry: recompute and overwrite
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # unreadable: recompute, overwrite
             return None
         return out
 
@@ -122,7 +123,7 @@ def cached_arrays(folder: str | Path | None, label: str, key_payload: dict,
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # truncated or foreign file: rebuild
     arrays = build()
     _atomic_save_npz(path, arrays)
