@@ -1,0 +1,70 @@
+"""FedPer (Arivazhagan et al., 2019, "Federated Learning with Personalization Layers").
+
+The model is split into base layers, shared and averaged like FedAvg, and the top K_P
+"personalization layers", which never leave the client. Both parts are trained jointly, in the
+same local epochs, from (global base, own personalization layers).
+
+Checked against the paper: base + personalization layers, joint local SGD on both, only the base
+is sent and averaged (the paper's Algorithm 1). The paper varies K_P (1-4 layers, its Table 2);
+here `personal_layers` counts layer groups (weight + bias of one module) from the top of the model,
+1 = the classifier `head`, which is the setting of PFLlib, FL-bench and the FedOBP paper's table.
+
+A client that never trained has no personalization layers of its own: it is evaluated with the
+global base and the common initial head (what it would start from), as in PFLlib/FL-bench where
+every client starts from the same initial model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, State
+from algorithms.registry import register
+from harness.params import ParamSpec
+
+
+def top_layers_mask(spec: ParamSpec, layers: int) -> np.ndarray:
+    """Element mask of the top `layers` layer groups (weight + bias of one module = one group)."""
+    groups = spec.layer_groups()
+    if not 1 <= layers <= len(groups):
+        raise ValueError(f"need 1..{len(groups)} layers for this model, got {layers}")
+    return spec.mask(s.name for group in groups[-layers:] for s in group)
+
+
+def mask_names(spec: ParamSpec, mask: np.ndarray) -> list[str]:
+    """Names of the tensors whose elements are selected by `mask` (whole tensors only)."""
+    return [s.name for s in spec.slots if mask[s.start : s.stop].all()]
+
+
+class FedPerParams(Params):
+    personal_layers: int = Field(
+        1, ge=1, description="top layer groups kept personal (1 = the classifier head); FedPer paper's K_P")
+
+
+@register
+class FedPer(Algorithm):
+    """FedPer: shared base layers averaged by the server, personalization layers (the head) kept on each client."""
+
+    name = "fedper"
+    Params = FedPerParams
+    source = "Arivazhagan et al. 2019 (K_P personalization layers); K_P=1 (head) as in PFLlib/FL-bench/FedOBP paper"
+
+    def shared_mask(self) -> np.ndarray:
+        return ~top_layers_mask(self.spec, self.params.personal_layers)
+
+    # The personal part is stored as vec[~shared] only: a few KB per client for a linear head.
+    def start_vector(self, job: ClientJob) -> np.ndarray:
+        return self.merge_personal(job.payload["model"], job.state.get("personal"))
+
+    def personal_state(self, vec: np.ndarray) -> State:
+        return {"personal": vec[~self.shared].copy()}
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        trainer.set_vector(self.start_vector(job))
+        trainer.train(job)  # joint training of base and personalization layers
+        vec = trainer.get_vector()
+        return trainer.update(job, upload={"model": vec}, state=self.personal_state(vec))
+
+    def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
+        return self.start_vector(job)
