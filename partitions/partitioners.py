@@ -194,6 +194,7 @@ def pathological(y: np.ndarray, spec: PartitionSpec, gen: np.random.Generator,
         raise ValueError(f"pathological: partition.classes_per_client={per} exceeds the {c} classes of the data set")
     if spec.class_assignment == "cyclic":
         held = gen.permutation(c)[(np.arange(k)[:, None] + np.arange(per)[None, :]) % c]  # (K, per)
+        held = held[gen.permutation(k)]  # client ids carry no class order
     else:
         held = np.argsort(gen.random((k, c)), axis=1)[:, :per]
     pair_client = np.repeat(np.arange(k), per)

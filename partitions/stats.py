@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
 
 from partitions.federated import FederatedDataset  # noqa: E402
 
@@ -99,10 +100,11 @@ def plot_label_heatmap(fed: FederatedDataset, path: Path, max_clients: int = 200
     top.set_title(f"{fed.name}, {fed.meta.get('scheme', '')}: labels per client "
                   f"(first {n_shown} of {fed.num_clients}; orange = unseen)", fontsize=10)
     im = ax.imshow(shown.T, aspect="auto", cmap="viridis", interpolation="nearest",
+                   norm=PowerNorm(0.5, vmin=0, vmax=max(int(shown.max()), 1)),  # sqrt scale: small counts show
                    extent=(-0.5, n_shown - 0.5, fed.num_classes - 0.5, -0.5))
     ax.set_xlabel("client")
     ax.set_ylabel("label")
-    fig.colorbar(im, ax=[top, ax], label="samples", fraction=0.03)
+    fig.colorbar(im, ax=[top, ax], label="samples (sqrt scale)", fraction=0.03)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

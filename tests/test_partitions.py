@@ -553,3 +553,32 @@ def test_registry_lists_every_scheme_of_the_spec():
     from typing import get_args
 
     assert set(PARTITIONERS) == set(get_args(PartitionSpec.model_fields["scheme"].annotation))
+
+
+def test_failed_download_says_so_and_suggests_copying(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+
+    monkeypatch.setattr(tvd.MNIST, "download", offline)
+    with pytest.raises(FileNotFoundError, match=r"mnist: download into data.root failed .*copy the files"):
+        load_source(DataSpec(source="mnist", root=str(tmp_path), download=True, cache_dir=None))
+
+
+def test_every_example_spec_in_the_docs_validates():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "partitions.md").read_text()
+    snippets = re.findall(r"`((?:data|partition): \{[^`]*\})`", text)
+    snippets += re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert len(snippets) >= 20
+    def subset(given: dict, resolved: dict) -> bool:
+        return all(subset(v, resolved[k]) if isinstance(v, dict) else resolved[k] == v for k, v in given.items())
+
+    for snippet in snippets:
+        tree = yaml.safe_load(snippet)
+        assert subset(tree, load_config(tree).model_dump()), snippet
