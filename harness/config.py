@@ -39,10 +39,32 @@ class TrainSpec(Strict):
 
 
 class AlgorithmSpec(BaseModel):
-    """`name` picks the algorithm; every other key is one of its hyperparameters."""
+    """`name` picks the algorithm; other keys are its hyperparameters.
+
+    A key named after an algorithm holds that algorithm's hyperparameters as a block, e.g.
+    `{name: fedobp, fedobp: {q: 0.9999}, ditto: {lam: 0.1}}`: one spec can then carry tuned values for
+    several algorithms and `algorithm.name=...` switches between them. Flat keys apply to the chosen
+    algorithm and win over its block.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str = "fedavg"
+
+    def _split(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from algorithms import registry
+
+        known = set(registry.names())
+        extras = self.model_extra or {}
+        blocks = {k: v for k, v in extras.items() if k in known}
+        flat = {k: v for k, v in extras.items() if k not in known}
+        return blocks, flat
+
+    def _raw_params(self) -> dict[str, Any]:
+        blocks, flat = self._split()
+        for key, block in blocks.items():
+            if not isinstance(block, dict):
+                raise ValueError(f"algorithm.{key} must be a mapping of {key}'s hyperparameters, got {block!r}")
+        return {**blocks.get(self.name, {}), **flat}
 
     @model_validator(mode="after")
     def _known_algorithm(self) -> AlgorithmSpec:
@@ -52,22 +74,31 @@ class AlgorithmSpec(BaseModel):
             cls = registry.get(self.name)
         except KeyError as err:
             raise ValueError(err.args[0]) from None
-        try:
-            cls.Params(**(self.model_extra or {}))
-        except ValidationError as err:
-            e = err.errors()[0]
-            key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
-                raise ValueError(f"{self.name} has no hyperparameter {key!r}; its hyperparameters: {allowed}") from None
-            raise ValueError(f"{self.name}.{key}: {e['msg']} (got {e.get('input')!r})") from None
+        blocks, _ = self._split()
+        for block_name in blocks:  # every block must be valid for its own algorithm
+            _validate_params(registry.get(block_name), self._raw_params() if block_name == self.name
+                             else blocks[block_name] if isinstance(blocks[block_name], dict) else {})
+        _validate_params(cls, self._raw_params())
         return self
 
     @property
     def params(self) -> dict[str, Any]:
         from algorithms import registry
 
-        return registry.get(self.name).Params(**(self.model_extra or {})).model_dump()
+        return registry.get(self.name).Params(**self._raw_params()).model_dump()
+
+
+def _validate_params(cls, raw: dict[str, Any]) -> None:
+    try:
+        cls.Params(**raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(cls.Params.model_fields)) or "none"
+            raise ValueError(f"{cls.name} has no hyperparameter {key!r}; its hyperparameters: {allowed} "
+                             f"(put another algorithm's values under algorithm.<its name>)") from None
+        raise ValueError(f"{cls.name}.{key}: {e['msg']} (got {e.get('input')!r})") from None
 
 
 class WorkersSpec(Strict):
@@ -157,7 +188,10 @@ class RunConfig(Strict):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
-        return flatten(self.model_dump(mode="json"))
+        """Flattened config plus the chosen algorithm's effective hyperparameters as algorithm.<name>."""
+        flat = flatten(self.model_dump(mode="json"))
+        flat.update({f"algorithm.{k}": v for k, v in self.algorithm.params.items()})
+        return flat
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -75,7 +75,7 @@ def _chunks(cids: list[int], num_workers: int) -> list[list[int]]:
     if not cids:
         return []
     pieces = max(num_workers, math.ceil(len(cids) / CHUNK))
-    return [list(p) for p in np.array_split(np.asarray(cids), pieces) if len(p)]
+    return [p.tolist() for p in np.array_split(np.asarray(cids, dtype=np.int64), pieces) if len(p)]
 
 
 class Engine:
@@ -90,6 +90,7 @@ class Engine:
         self.k = cfg.sampled_per_round(len(self.data.train_clients))
         self.progress = progress
         self.start_round = 0
+        self._pending_states: dict[int, dict] = {}
         self.history: list[dict[str, float]] = []
         self.totals = {"sim_time": 0.0, "bytes_up_total": 0.0, "bytes_down_total": 0.0}
         self.tracker = None
@@ -153,15 +154,20 @@ class Engine:
         sampled = self.clock.sample(rnd, self.data.train_clients, self.k)
         est_bytes = 4 * int(self.algo.shared.sum())
         plan = self.clock.plan(sampled, est_bytes, est_bytes)
-        jobs, down = {}, {}
-        states = self.store.get_many(plan.clients.tolist())
-        for cid in plan.clients.tolist():
-            payload, state = self.algo.server_prepare(cid, rnd, self.global_vec, states[cid])
-            jobs[cid] = ClientJob(cid, rnd, payload, state, plan.max_steps[cid])
-            down[cid] = self.algo.bytes_down(payload)
+        down: dict[int, int] = {}
         updates: list[ClientUpdate] = []
-        for batch_group in _waves(_chunks(sorted(jobs), executor.num_workers), executor.num_workers):
-            results = executor.map("train", [[jobs[c] for c in chunk] for chunk in batch_group])
+        # states are read and jobs built one wave at a time: the driver holds at most CHUNK x W of them
+        for batch_group in _waves(_chunks(plan.clients.tolist(), executor.num_workers), executor.num_workers):
+            states = self.store.get_many([c for chunk in batch_group for c in chunk])
+            batches = []
+            for chunk in batch_group:
+                batch = []
+                for cid in chunk:
+                    payload, state = self.algo.server_prepare(cid, rnd, self.global_vec, states.pop(cid))
+                    batch.append(ClientJob(cid, rnd, payload, state, plan.max_steps[cid]))
+                    down[cid] = self.algo.bytes_down(payload)
+                batches.append(batch)
+            results = executor.map("train", batches)
             updates.extend(u for part in results for u in part)
         updates.sort(key=lambda u: u.cid)
         trained = len(updates)
@@ -205,6 +211,7 @@ class Engine:
         for batch_group in _waves(_chunks(all_clients, executor.num_workers), executor.num_workers):
             wave = [c for chunk in batch_group for c in chunk]
             states = self.store.get_many(wave)
+            states |= {c: self._pending_states[c] for c in wave if c in self._pending_states}
             batches = [[ClientJob(c, rnd, {"model": self.global_vec}, states[c]) for c in chunk]
                        for chunk in batch_group]
             evals.extend(e for part in executor.map("evaluate", batches) for e in part)

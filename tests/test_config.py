@@ -75,3 +75,14 @@ def test_cli_exits_nonzero_with_one_line_and_no_traceback(override):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedharness: config error:")
     assert "Traceback" not in proc.stderr
+
+
+def test_per_algorithm_blocks_survive_switching_the_algorithm():
+    tree = {"algorithm": {"name": "fedavg", "fedavg": {"finetune_epochs": 3}, "local": {}}}
+    cfg = load_config(tree)
+    assert cfg.algorithm.params == {"finetune_epochs": 3}
+    assert cfg.flat()["algorithm.finetune_epochs"] == 3
+    assert load_config(tree, ["algorithm.name=local"]).algorithm.params == {}
+    assert load_config(tree, ["algorithm.finetune_epochs=1"]).algorithm.params == {"finetune_epochs": 1}
+    with pytest.raises(ConfigError, match="fedavg has no hyperparameter 'nope'"):
+        load_config({"algorithm": {"name": "local", "fedavg": {"nope": 1}}})

@@ -401,10 +401,8 @@ def test_q0_equals_local_only(tmp_path):
     assert obp.clients[personal].equals(loc.clients[personal])  # per client: correct, loss, accuracy
     keys = ("train_loss", "personal_acc", "personal_acc_mean", "personal_acc_worst10", "personal_loss")
     assert [h["train_loss"] for h in obp.history] == [h["train_loss"] for h in loc.history]
-    # The engine evaluates round r before committing round r's client states, so at round 1 every client
-    # still looks untrained and is evaluated with "the global model": the FedAvg average for FedOBP,
-    # theta_0 for Local-only. From round 2 on both evaluate each client's own model: equal.
-    assert [{k: h[k] for k in keys} for h in obp.history[1:]] == [{k: h[k] for k in keys} for h in loc.history[1:]]
+    # every round, including round 1 (evaluation sees the round's fresh client states)
+    assert [{k: h[k] for k in keys} for h in obp.history] == [{k: h[k] for k in keys} for h in loc.history]
     n_params = obp.global_vec.size
     assert [h["fedobp_personal_count"] for h in obp.history] == [0.0, n_params, n_params]
     assert obp.history[0]["fedobp_first_participation"] == 10
