@@ -29,6 +29,9 @@ class ArrayData:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
         self.y = np.asarray(self.y, dtype=np.int64)
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise ValueError(f"{self.name}: labels span {self.y.min()}..{self.y.max()} but num_classes is "
+                             f"{self.num_classes}")
         if self.groups is not None and len(self.groups) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.groups)} group ids but {len(self.y)} labels")
 

@@ -234,6 +234,13 @@ def test_hf_local_parquet_csv_and_imagefolder(tmp_path):
     assert tab.x.shape == (8, 2) and tab.x[:, 1].tolist() == (np.arange(8.0) * 2).tolist()
     assert tab.class_names == ["a", "b", "c", "d"] and tab.y.tolist() == [0, 1, 2, 3] * 2
 
+    import pyarrow as pa
+
+    with pa.ipc.new_stream(str(tmp_path / "d.arrow"), pa.schema([("x1", pa.float32()), ("label", pa.int64())])) as w:
+        w.write_table(pa.table({"x1": np.arange(6, dtype=np.float32), "label": np.arange(6) % 2}))
+    arrow = load_source(DataSpec(source="hf", root=str(tmp_path / "d.arrow"), cache_dir=None))
+    assert arrow.x[:, 0].tolist() == list(range(6)) and arrow.y.tolist() == [0, 1] * 3
+
     for i, a in enumerate(pixels):
         folder = tmp_path / "imgs" / ("cat" if i < 6 else "dog")
         folder.mkdir(parents=True, exist_ok=True)
