@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from algorithms import registry
 from algorithms.base import ClientJob
-from harness.engine import run
+from harness.engine import resume, run
 from harness.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
 from tests.conftest import small_config
@@ -336,6 +336,25 @@ def test_fedrod_forward_adds_both_heads_and_generic_loss_is_balanced_softmax(tmp
         plain = F.cross_entropy(logits, yb)
     assert u.loss == pytest.approx(float(bsm), rel=1e-5) and abs(float(bsm) - float(plain)) > 1e-3
     assert u.finite and np.isfinite(u.upload["model"]).all()
+
+
+# ----- per-client state through the store, resume and Ray workers -------------------------------
+@pytest.mark.parametrize("name", ["fedala", "apfl"])
+def test_personal_state_survives_disk_store_and_resume(tmp_path, name):
+    overrides = [f"algorithm.name={name}", "rounds=4", "store.backend=disk", "tracking.enabled=true"]
+    whole = run(small_config(tmp_path / "whole", *overrides), progress=False)
+    cfg = small_config(tmp_path / "cut", *overrides)
+    first = run(cfg, progress=False, stop_after=2)
+    resumed = resume(first.run_id, cfg.checkpoint_dir, progress=False)
+    assert history(resumed) == history(whole)
+    np.testing.assert_array_equal(resumed.global_vec, whole.global_vec)
+
+
+def test_fedala_gives_the_same_numbers_on_one_and_two_ray_workers(tmp_path, ray_session):
+    results = [run(small_config(tmp_path / f"w{n}", "algorithm.name=fedala", "workers.use_ray=true",
+                                f"workers.num_workers={n}", "rounds=3"), progress=False) for n in (1, 2)]
+    assert history(results[0]) == history(results[1])
+    np.testing.assert_array_equal(results[0].global_vec, results[1].global_vec)
 
 
 # ----- every algorithm, end to end -------------------------------------------------------------
