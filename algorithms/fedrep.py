@@ -10,9 +10,9 @@ by one or five epochs for the representation" -> defaults head_epochs=10, body_e
 authors' code (lgcollins/FedRep) expresses the same split as local_ep total minus local_rep_ep.
 Known implementations differ: FL-bench splits `train.local_epochs` (default 5) into 4 head + 1
 body epochs, which is the "5 total, body 1" reading; set head_epochs=null to get that split
-(head = train.local_epochs - body_epochs). Each phase starts a fresh optimizer (momentum is not
-carried from the head phase into the body phase), as both reference codes re-select parameters
-per phase.
+(head = train.local_epochs - body_epochs). Each phase builds its own optimizer over its own
+tensors; the authors use one optimizer per round and toggle requires_grad, which is the same
+thing because every tensor is updated in one phase only (no momentum is shared between phases).
 """
 
 from __future__ import annotations
