@@ -40,12 +40,15 @@ import common  # noqa: E402
 MIB = 2**20
 
 
-def model_sizes(model: str, options: dict) -> tuple[int, int, np.ndarray]:
-    """(parameters, head parameters, initial flat vector) of the model on 1x28x28, 10 classes."""
+SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
+
+
+def model_sizes(model: str, options: dict, data: str = "mnist") -> tuple[int, int, np.ndarray]:
+    """(parameters, head parameters, initial flat vector) of the model on the data's images, 10 classes."""
     from harness.models import build_model
     from harness.params import ParamSpec, model_to_vector
 
-    net = build_model(model, (1, 28, 28), 10, **options)
+    net = build_model(model, SHAPES[data], 10, **options)
     spec = ParamSpec.of(net)
     return spec.size, int(spec.head_mask().sum()), model_to_vector(net, spec)
 
@@ -69,9 +72,12 @@ def check_disk(path: Path, need_bytes: float, reserve_gib: float) -> str | None:
 
 
 # ----- part 1 ---------------------------------------------------------------------------------------
-def run_child(kind: str, params: dict, work: Path) -> dict:
+def run_child(kind: str, params: dict, work: Path, in_process: bool = False) -> dict:
     """Run one setting in a fresh Python process, so that its memory readings start clean (a
-    process that has freed memory keeps much of it: later settings would inherit the peak)."""
+    process that has freed memory keeps much of it: later settings would inherit the peak).
+    `in_process` (used by --quick) skips that isolation to save the start-up time."""
+    if in_process:
+        return child_engine(params) if kind == "engine" else child_head(params)
     out = work / f"child-{kind}-{os.getpid()}-{time.time_ns()}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps({**params, "out": str(out)})]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -88,12 +94,13 @@ def child_engine(p: dict) -> dict:
     TimedEngine = common.timed_engine_class()
     cfg = common.run_config(Path(p["work"]) / "runs", num_clients=p["n"], clients_per_round=p["k"],
                             rounds=p["rounds"] + 2, algorithm="local", model=p["model"], model_options=p["options"],
-                            local_epochs=1, batch_size=32, store=p["backend"], store_path=p["store_path"])
+                            local_epochs=1, batch_size=32, store=p["backend"], store_path=p["store_path"],
+                            data_source=None if p["data"] == "mnist" else p["data"])
     base = common.memory_snapshot()
     engine = TimedEngine(cfg, skip_eval=not p["evaluate"])
     fill_s = float("nan")
     if p["backend"] == "memory":
-        _, _, vec = model_sizes(p["model"], p["options"])
+        _, _, vec = model_sizes(p["model"], p["options"], p["data"])
         # a copy per client: the memory store must hold N distinct arrays, as in a real run
         fill_s = fill(engine.store, p["n"], lambda c: {"model": vec.copy()}, unwrapped=True)
     with common.MemorySampler() as mem:
@@ -141,7 +148,7 @@ def full_state(args, work: Path, vec: np.ndarray) -> tuple[list[dict], list[dict
             params = {"work": str(work), "n": n, "k": k, "rounds": args.rounds, "model": args.model,
                       "options": model_options, "backend": backend, "evaluate": i == 0,
                       "store_path": str(store_path) if backend == "disk" else None}
-            row = run_child("engine", params, work)
+            row = run_child("engine", {**params, "data": args.data}, work, args.in_process)
             rows.append(row)
             common.print_table(f"N={n:,} {backend} K={k}", [row], ROUND_COLUMNS)
         round_rows += rows
@@ -223,7 +230,7 @@ def head_only(args, work: Path, head_size: int) -> tuple[list[dict], list[str]]:
                 continue
             params = {"work": str(work), "n": n, "backend": backend, "head_size": head_size,
                       "ks": args.per_round, "rounds": max(args.rounds, 3), "keep": args.keep}
-            rows.append(run_child("head", params, work))
+            rows.append(run_child("head", params, work, args.in_process))
             common.print_table(f"head-only N={n:,} ({backend})", rows[-1:], head_columns(args.per_round))
     return rows, notes
 
@@ -265,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-backends", nargs="+", default=["disk", "memory"], choices=["disk", "memory"])
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per setting (after one warm-up)")
     ap.add_argument("--model", default="mlp", choices=["mlp", "avgcnn"])
+    ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
+                    help="mnist: ../shared/data/mnist (70,000 images); digits: sklearn's 1,797 (--quick)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every setting in this process (faster; memory readings less clean)")
     ap.add_argument("--hidden", type=int, default=128, help="mlp width (128: 118,282 parameters, 462 KiB)")
     ap.add_argument("--workdir", default=str(common.ROOT / "bench" / "out" / "scale"),
                     help="where the stores are written (deleted afterwards unless --keep)")
@@ -288,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(params["out"]).write_text(json.dumps(row, default=common._json_default))
         return 0
     if args.quick:
-        args.clients, args.memory_clients, args.per_round = [200, 1000], [200], [20]
+        args.clients, args.memory_clients, args.per_round = [100, 300], [100], [20]
         args.head_clients, args.rounds, args.hidden = [1000, 5000], 1, 32
-    if not common.mnist_available():
+        args.data, args.in_process = "digits", True
+    if args.data == "mnist" and not common.mnist_available():
         print(f"MNIST not found under {common.MNIST_ROOT}", file=sys.stderr)
         return 2
     common.torch_threads(1)
@@ -298,20 +310,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     options = {"hidden": args.hidden} if args.model == "mlp" else {}
-    params, head_params, vec = model_sizes(args.model, options)
+    params, head_params, vec = model_sizes(args.model, options, args.data)
     print(f"model {args.model} {options}: {params:,} parameters ({vec.nbytes / 1024:.0f} KiB), head {head_params:,}; "
           f"free disk {common.free_disk_gib(work):.1f} GiB", flush=True)
     state_rows, round_rows, head_rows, notes = [], [], [], []
     if not args.skip_full:
-        state_rows, round_rows, n1 = full_state(args, work, vec)
+        try:
+            state_rows, round_rows, n1 = full_state(args, work, vec)
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
         notes += n1
     if not args.skip_head:
         head_rows, n2 = head_only(args, work, head_params)
         notes += n2
     notes += [
-        f"model: {args.model} {options} on 1x28x28 MNIST, {params:,} parameters = {vec.nbytes / 1024:.0f} KiB of "
-        f"float32 per full-model state; head = {head_params:,} parameters.",
-        "Full-model part: algorithm `local` (one model per client in the store), iid MNIST partition, "
+        f"model: {args.model} {options} on {args.data} ({'x'.join(map(str, SHAPES[args.data]))}), "
+        f"{params:,} parameters = {vec.nbytes / 1024:.0f} KiB of float32 per full-model state; "
+        f"head = {head_params:,} parameters.",
+        f"Full-model part: algorithm `local` (one model per client in the store), iid {args.data} partition, "
         "1 local epoch, batch 32, 2 Ray workers x 1 CPU, torch threads 1, tracking off. The store is filled "
         "with N states through the store's commit first; each K then runs 1 warm-up + "
         f"{args.rounds} measured rounds; evaluation of all N clients runs once per N (last K).",
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "Head-only part: store calls only (no Ray): per round get_many(K) of random clients then commit(K).",
         "Timings taken while other jobs shared the machine are noisy; compare rows of one run.",
     ]
-    settings = {"quick": args.quick, "model": args.model, **options, "rounds": args.rounds,
+    settings = {"quick": args.quick, "data": args.data, "model": args.model, **options, "rounds": args.rounds,
                 "per_round": args.per_round}
     tables = [
         ("Client-state store vs number of clients (full model per client)", state_rows, STATE_COLUMNS),
