@@ -3,8 +3,9 @@ clients, the cache, the feature shift, and the peers' Dirichlet redraw loop for 
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_partition.py [--quick]
 
-Writes bench/results/partition.json, partition.md, partition.png (time vs clients) and
-partition_heatmaps.png (what the schemes look like); docs/partitions.md quotes them.
+Writes bench/results/partition.json, partition.md, partition.png (time vs clients),
+partition_heatmaps.png (what the schemes look like) and partition_cli_heatmap.png (the picture
+`fedharness partition` draws); docs/partitions.md quotes them.
 Times are medians of `--repeats` runs of partition_data (partitioner + local split + CSR
 arrays), with the partition cache off unless stated.
 """
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(result)
     plot_times(result)
     plot_heatmaps(data)
-    print(f"wrote {OUT / 'partition.json'}, partition.md, partition.png, partition_heatmaps.png")
+    print(f"wrote {OUT / 'partition.json'}, partition.md, partition.png, partition_heatmaps.png, "
+          f"partition_cli_heatmap.png")
     return 0
 
 
@@ -254,6 +256,10 @@ def plot_heatmaps(data: ArrayData) -> None:
         axes[-1].set_title("FEMNIST natural (writers)", fontsize=9)
         axes[-1].set_xlabel("client (writer)")
     fig.suptitle("samples per label and client (sqrt colour scale), first 40 clients", fontsize=9)
+    from partitions.stats import plot_label_heatmap
+
+    example = PartitionSpec(scheme="dirichlet", num_clients=100, alpha=0.1, unseen_fraction=0.1, cache_dir=None)
+    plot_label_heatmap(partition_data(data, example, seed=0), OUT / "partition_cli_heatmap.png")
     fig.tight_layout()
     fig.savefig(OUT / "partition_heatmaps.png", dpi=100)
     plt.close(fig)
