@@ -165,7 +165,7 @@ def _tv_root(spec: DataSpec) -> Path:
     return Path(spec.root if spec.root is not None else "data").expanduser()
 
 
-def _missing(what: str, root: Path, files: list[str], spec: DataSpec) -> FileNotFoundError:
+def _missing(what: str, root: Path, files: list[str]) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what}: data not found under data.root={str(root)!r}; missing: {', '.join(files)}. Set data.download=true "
         f"to fetch it into data.root (needs internet), or point data.root at a folder that holds these files")
@@ -186,29 +186,33 @@ def _mnist_layout(spec: DataSpec, folder: str, files: list[str], scratch: Path) 
     """A root that torchvision's MNIST-family class accepts (root/<folder>/raw/<files>), or None.
 
     Accepts root = torchvision's layout, or a folder (root, root/raw) that directly holds the
-    raw files, plain or .gz: those are linked (plain) or decompressed (.gz) into `scratch`."""
+    raw files, plain or .gz: those are symlinked (plain) or decompressed (.gz) into `scratch`,
+    where torchvision's own class then parses them."""
     root = _tv_root(spec)
     if all((root / folder / "raw" / f).is_file() for f in files):
         return root
     for cand in (root, root / "raw", root / folder / "raw"):
-        if all((cand / f).is_file() or (cand / f"{f}.gz").is_file() for f in files):
-            sub = digest(file_fingerprint(cand))[:16]
-            raw = scratch / sub / folder / "raw"
-            raw.mkdir(parents=True, exist_ok=True)
-            for f in files:
-                target = raw / f
-                if target.is_file():
+        found = [cand / f if (cand / f).is_file() else cand / f"{f}.gz" for f in files]
+        if not all(p.is_file() for p in found):
+            continue
+        sub = digest([file_fingerprint(p) for p in found])[:16]  # new or changed files: a new layout
+        raw = scratch / sub / folder / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for f, src in zip(files, found, strict=True):
+            target = raw / f
+            if target.is_file():
+                continue
+            if src.suffix != ".gz":
+                try:
+                    os.symlink(src.resolve(), target)
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f + ".", dir=raw)
-                with os.fdopen(fd, "wb") as out:
-                    if (cand / f).is_file():
-                        with open(cand / f, "rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
-                    else:
-                        with gzip.open(cand / f"{f}.gz", "rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
-                os.replace(tmp, target)
-            return scratch / sub
+                except OSError:
+                    pass  # no symlinks here (e.g. some Windows setups): copy below
+            fd, tmp = tempfile.mkstemp(prefix=f + ".", suffix=".tmp", dir=raw)
+            with os.fdopen(fd, "wb") as out, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+            os.replace(tmp, target)
+        return scratch / sub
     return None
 
 
@@ -223,7 +227,7 @@ def _mnist_family(spec: DataSpec, cls_name: str, what: str, file_stem: Callable[
     with _scratch(spec, "torchvision") as scratch:
         root = _mnist_layout(spec, cls_name, files, scratch)
         if root is None and not spec.download:
-            raise _missing(what, _tv_root(spec), [f"{f}[.gz]" for f in files], spec)
+            raise _missing(what, _tv_root(spec), [f"{f}[.gz]" for f in files])
         for s in splits:
             ds = _tv_call(what, lambda s=s: cls(str(root or _tv_root(spec)), train=s == "train",
                                                 download=spec.download and root is None, **kwargs), spec)
@@ -293,7 +297,7 @@ def _cifar(spec: DataSpec, cls_name: str, what: str, folder: str, archive: str) 
         elif spec.download:
             base = root
         else:
-            raise _missing(what, root, [f"{folder}/ (or {archive})"], spec)
+            raise _missing(what, root, [f"{folder}/ (or {archive})"])
         parts = [_tv_call(what, lambda s=s: cls(str(base), train=s == "train", download=spec.download), spec)
                  for s in _pooled(spec.split, ("train", "test"))]
     x = np.concatenate([np.asarray(p.data) for p in parts])
@@ -322,7 +326,7 @@ def svhn(spec: DataSpec) -> ArrayData:
     splits = _pooled(spec.split, ("train", "test"))
     missing = [f"{s}_32x32.mat" for s in splits if not (root / f"{s}_32x32.mat").is_file()]
     if missing and not spec.download:
-        raise _missing("svhn", root, missing, spec)
+        raise _missing("svhn", root, missing)
     parts = [_tv_call("svhn", lambda s=s: tvd.SVHN(str(root), split=s, download=spec.download), spec) for s in splits]
     x = np.concatenate([p.data for p in parts])
     y = np.concatenate([p.labels for p in parts])
