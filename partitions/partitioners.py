@@ -107,6 +107,10 @@ def dirichlet(y: np.ndarray, spec: PartitionSpec, gen: np.random.Generator,
     class to what the receiving client's own Dirichlet row favours (labels drawn from its
     proportions) wherever such samples are in the pool. Work is O(N log N + C K) whatever
     alpha is, and it succeeds whenever num_clients * min_samples <= N, which is checked first.
+
+    `dirichlet_balance` adds the rule of the FL-bench / PFLlib / Hsu et al. code (the FedOBP
+    paper's setup): classes are dealt in label order and a client that already holds more than
+    N/K samples gets no share of later classes, which keeps sizes near N/K.
     """
     n, k, m = len(y), spec.num_clients, spec.min_samples
     _check_enough(n, spec)
@@ -118,15 +122,29 @@ def dirichlet(y: np.ndarray, spec: PartitionSpec, gen: np.random.Generator,
     if bad.any():  # underflow at extreme alpha: the limit of Dir(alpha -> 0) is one random client
         props[bad] = 0.0
         props[bad, gen.integers(0, k, bad.sum())] = 1.0
-    cum = np.floor(np.cumsum(props, axis=1) * n_c[:, None]).astype(np.int64)
-    cum = np.minimum(np.maximum.accumulate(cum, axis=1), n_c[:, None])
-    cum[:, -1] = n_c
-    counts = np.diff(cum, axis=1, prepend=0)  # (C, K) samples of class c dealt to client k
+    if spec.dirichlet_balance:
+        counts = np.zeros((c, k), dtype=np.int64)
+        sizes = np.zeros(k, dtype=np.int64)
+        for ci in range(c):  # classes in label order, like the reference code; vectorized over clients
+            p = props[ci] * (sizes < n / k)
+            props[ci] = p / p.sum() if p.sum() > 0 else props[ci]
+            counts[ci] = _cut(props[ci : ci + 1], n_c[ci : ci + 1])[0]
+            sizes += counts[ci]
+    else:
+        counts = _cut(props, n_c)  # (C, K) samples of class c dealt to client k
     counts = _repair_min_size(counts, props, m, gen)
     order = np.lexsort((gen.random(n), y_idx))  # examples grouped by class, random order inside a class
     owner = np.empty(n, dtype=np.int64)
     owner[order] = np.repeat(np.tile(np.arange(k), c), counts.ravel())
     return owner
+
+
+def _cut(props: np.ndarray, n_c: np.ndarray) -> np.ndarray:
+    """Per row, n_c samples cut at the cumulative proportions (floors; the row sums exactly to n_c)."""
+    cum = np.floor(np.cumsum(props, axis=1) * n_c[:, None]).astype(np.int64)
+    cum = np.minimum(np.maximum.accumulate(cum, axis=1), n_c[:, None])
+    cum[:, -1] = n_c
+    return np.diff(cum, axis=1, prepend=0)
 
 
 def _repair_min_size(counts: np.ndarray, props: np.ndarray, m: int, gen: np.random.Generator) -> np.ndarray:

@@ -93,6 +93,8 @@ class PartitionSpec(Strict):
     num_clients: int = Field(50, ge=1, description="number of clients (natural: how many groups to keep)")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; small = strong label skew")
     min_samples: int = Field(10, ge=1, description="minimum samples per client (before the local split)")
+    dirichlet_balance: bool = Field(False, description="dirichlet: FL-bench/PFLlib rule, a client already above "
+                                                       "N/num_clients samples gets no share of later classes")
     classes_per_client: int = Field(2, ge=1, description="pathological: labels per client")
     class_assignment: Literal["cyclic", "random"] = Field(
         "cyclic", description="pathological: cyclic = the i-th client holds classes p[i..i+k-1 mod C] of a random "

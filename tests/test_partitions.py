@@ -350,6 +350,19 @@ def test_dirichlet_small_alpha_many_clients_meets_min_samples_without_hanging(mn
     assert (sizes == 20).sum() > 100 and sizes.max() > 200 and sizes.sum() == 60000
 
 
+def test_dirichlet_balance_rule_keeps_sizes_nearer_the_mean(mnist):
+    """FL-bench/PFLlib's rule (clients above N/K get no later classes): smaller size spread at the
+    same alpha, still label-skewed, same invariants."""
+    for alpha in (0.1, 0.5):
+        plain = spec(scheme="dirichlet", num_clients=100, alpha=alpha)
+        balanced = spec(scheme="dirichlet", num_clients=100, alpha=alpha, dirichlet_balance=True)
+        a = check_invariants(partition_data(mnist, plain, 0), plain)
+        fed = partition_data(mnist, balanced, 0)
+        b = check_invariants(fed, balanced)
+        assert b.std() < 0.9 * a.std() and b.sum() == 60000
+        assert imbalance_index(fed.label_counts()) > 0.4
+
+
 def test_impossible_requests_fail_fast_with_the_numbers(mnist):
     small = mnist.subset(slice(0, 500))
     cases = [
