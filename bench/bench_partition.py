@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-partition-"))
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     data, data_label = load_mnist(tmp / "data")
     load_cold = time.perf_counter() - t0
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         cifar = {"decode_seconds": round(cold, 2), "cached_seconds": round(warm, 2)}
         print(f"CIFAR-10 JPEG blob: first load (decode 60,000 JPEGs) {cold:.2f}s, from the cache {warm:.2f}s")
 
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; 1-min load "
+                         f"average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end)",
               "torch_threads": 1, "data": data_label, "samples": int(len(data.y)), "repeats": repeats,
               "load_seconds": {"cold": round(load_cold, 3), "warm": round(load_warm, 3)},
               "schemes": rows,
