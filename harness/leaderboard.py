@@ -222,7 +222,7 @@ def best_mask(table: pd.DataFrame, d: MetricDef) -> pd.Series:
 # ----- formatting ---------------------------------------------------------------------------------
 def format_value(d: MetricDef, mean: float, std: float, n: int, reached: int | None = None) -> str:
     if d.unit == "seconds" and reached is not None and reached < n:
-        return "not reached" if reached == 0 else f"not reached ({reached}/{n} seeds reached)"
+        return "not reached" if reached == 0 else f"not reached by {n - reached} of {n} seeds"
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     scale, digits = {"acc": (100.0, 2), "seconds": (1.0, 2), "bytes": (1e-6, 2)}[d.unit]

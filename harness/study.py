@@ -551,7 +551,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     if args.quiet:
         os.environ["FEDHARNESS_QUIET"] = "1"
     if args.parallel is not None and args.parallel < 1:
