@@ -65,7 +65,7 @@ def metric_defs(target: float) -> dict[str, MetricDef]:
                          f"(sim_time) until personal_acc first reaches {pct}; 'not reached' if never",
                          False, "seconds"),
         "bytes": MetricDef("bytes_total", "Comm. (MB)", "bytes communicated: bytes_up_total + "
-                           "bytes_down_total over the whole run, in MB (10^6 bytes)", False, "bytes"),
+                           "bytes_down_total over the whole run, in MB (1 MB = 1,000,000 bytes)", False, "bytes"),
     }
 
 
@@ -232,37 +232,43 @@ def format_value(d: MetricDef, mean: float, std: float, n: int, reached: int | N
     return text
 
 
-def display_frame(table: pd.DataFrame, metric: str, target: float) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Formatted cells, a same-shaped mask of cells to bold, and the header of the ranked column."""
+SHARED_COLUMNS = {"Data set": "dataset", "Budget": "budget"}
+
+
+def display_frame(table: pd.DataFrame, metric: str, target: float) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Formatted cells, a same-shaped mask of cells to bold, and the columns left out because every
+    row holds the same value (data set, budget: the caption names them instead)."""
     defs = metric_defs(target)
     order = [metric, *[m for m in defs if m != metric]]
     shown = pd.DataFrame({
         "Data set": table["dataset"], "Partition": table["partition"], "Budget": table["budget"],
         "Rank": table["rank"].astype(str), "Algorithm": table["label"], "n": table["n"].astype(str),
     })
+    shared = {c: str(table[k].iloc[0]) for c, k in SHARED_COLUMNS.items() if table[k].nunique() == 1}
+    shown = shown.drop(columns=list(shared))
     bold = pd.DataFrame(False, index=shown.index, columns=shown.columns)
-    headers = []
     for m in order:
         d = defs[m]
         header = d.header + (" ▼" if m == metric else "")
-        headers.append(header)
         shown[header] = [
             format_value(d, r[f"{d.key}_mean"], r[f"{d.key}_std"], r["n"],
                          r["time_to_acc_reached"] if d.key == "time_to_acc" else None)
             for _, r in table.iterrows()
         ]
         bold[header] = best_mask(table, d).to_numpy()
-    return shown, bold, headers
+    return shown, bold, shared
 
 
 def caption(experiment: str, table: pd.DataFrame, metric: str, target: float, study: str | None,
-            dropped: int) -> str:
+            dropped: int, shared: dict | None = None) -> str:
     defs = metric_defs(target)
     d = defs[metric]
     others = "; ".join(defs[m].definition for m in defs if m != metric)
     runs = int(table["n"].sum()) if not table.empty else 0
     scope = f"study {study!r} in experiment {experiment!r}" if study else f"experiment {experiment!r}"
-    text = (f"Leaderboard of {scope} ({runs} finished runs). Ranked by {d.definition} (▼ column). "
+    where = "; ".join(f"{k.lower()} = {v}" for k, v in (shared or {}).items())
+    where = f"; all rows: {where}" if where else ""
+    text = (f"Leaderboard of {scope} ({runs} finished runs{where}). Ranked by {d.definition} (▼ column). "
             f"Values are mean ± sample standard deviation over seeds (n = number of seeds); the best mean per "
             f"(data set, partition, budget) is in bold. Other columns: {others}.")
     if dropped:
@@ -279,6 +285,10 @@ def to_markdown(shown: pd.DataFrame, bold: pd.DataFrame, cap: str) -> str:
     return f"Table: {cap}\n\n{table}\n"
 
 
+def _numeric(column: str) -> bool:
+    return column not in ("Data set", "Partition", "Budget", "Algorithm")
+
+
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -290,7 +300,7 @@ def latex_escape(text: str) -> str:
 
 def to_latex(shown: pd.DataFrame, bold: pd.DataFrame, cap: str, table: pd.DataFrame) -> str:
     cols = list(shown.columns)
-    spec = "lllrlr" + "r" * (len(cols) - 6)
+    spec = "".join("r" if _numeric(c) else "l" for c in cols)
     lines = [r"% fedharness leaderboard; needs \usepackage{booktabs} and \usepackage{amssymb}",
              r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(cap)}}}",
              r"\label{tab:leaderboard}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
@@ -312,8 +322,9 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
 color:#1b1f23;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem}
-table{border-collapse:collapse;font-size:.9rem;width:100%}
-caption{caption-side:top;text-align:left;padding:.5rem 0;color:#444;line-height:1.4}
+table{border-collapse:collapse;font-size:.9rem}
+.scroll{overflow-x:auto}
+caption{caption-side:top;text-align:left;padding:.5rem 0;color:#444;line-height:1.4;white-space:normal}
 th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}
 th{background:#f3f4f6;border-bottom:2px solid #999}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -329,7 +340,7 @@ def to_html(shown: pd.DataFrame, bold: pd.DataFrame, cap: str, table: pd.DataFra
             title: str, source: str) -> str:
     """One self-contained page: inline CSS, plots embedded as base64 PNG, no external requests."""
     esc = html.escape
-    numeric = set(shown.columns[5:]) | {"Rank"}
+    numeric = {c for c in shown.columns if _numeric(c)}
     head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
     body, previous = [], None
     for i in shown.index:
@@ -352,8 +363,8 @@ def to_html(shown: pd.DataFrame, bold: pd.DataFrame, cap: str, table: pd.DataFra
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
             f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{esc(title)}</h1>\n"
-            f'<table id="leaderboard">\n<caption>{esc(cap)}</caption>\n<thead><tr>{head}</tr></thead>\n'
-            f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
+            f'<div class="scroll"><table id="leaderboard">\n<caption>{esc(cap)}</caption>\n'
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table></div>\n"
             + (f"<h2>Curves</h2>\n{''.join(figures)}\n" if figures else "")
             + f'<p class="meta">fedharness leaderboard, {esc(stamp)}, from {esc(source)}</p>\n</body>\n</html>\n')
 
@@ -378,8 +389,8 @@ def export(tracking_uri: str | None, experiment: str, out_dir: str | Path, metri
         raise ValueError(f"experiment {experiment!r} has no FINISHED fedharness runs"
                          + (f" of study {study!r}" if study else ""))
     table = aggregate(data.runs, metric, target)
-    shown, bold, _ = display_frame(table, metric, target)
-    cap = caption(experiment, table, metric, target, study, data.dropped)
+    shown, bold, shared = display_frame(table, metric, target)
+    cap = caption(experiment, table, metric, target, study, data.dropped, shared)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_paths: list[Path] = []
@@ -440,8 +451,8 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, metric: str = "
         print(f"(no finished runs in experiment {experiment!r})")
         return ""
     table = aggregate(data.runs, metric, target)
-    shown, bold, _ = display_frame(table, metric, target)
-    md = to_markdown(shown, bold, caption(experiment, table, metric, target, study, data.dropped))
+    shown, bold, shared = display_frame(table, metric, target)
+    md = to_markdown(shown, bold, caption(experiment, table, metric, target, study, data.dropped, shared))
     print(md)
     return md
 

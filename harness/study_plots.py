@@ -29,6 +29,8 @@ def plot_study_curves(curves: pd.DataFrame, runs: pd.DataFrame, out_dir: Path,
     paths = []
     if curves.empty or runs.empty:
         return paths
+    # one colour per algorithm across all figures
+    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(runs["label"].unique()))}
     merged = curves.merge(runs[["run_id", "dataset", "partition", "budget", "label"]], on="run_id")
     for (dataset, partition), block in merged.groupby(["dataset", "partition"], sort=True):
         several_budgets = block["budget"].nunique() > 1
@@ -42,7 +44,7 @@ def plot_study_curves(curves: pd.DataFrame, runs: pd.DataFrame, out_dir: Path,
             clock = clock.reindex(index=acc.index, columns=acc.columns)
             mean, low, high = acc.mean(axis=1), acc.min(axis=1), acc.max(axis=1)
             n = acc.shape[1]
-            (line,) = axes[0].plot(acc.index, mean, marker=".", label=f"{name} (n={n})")
+            (line,) = axes[0].plot(acc.index, mean, marker=".", color=colours[label], label=f"{name} (n={n})")
             axes[0].fill_between(acc.index, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
             t = clock.mean(axis=1)
             axes[1].plot(t, mean, marker=".", color=line.get_color(), label=f"{name} (n={n})")
