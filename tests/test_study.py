@@ -166,7 +166,7 @@ def test_cli_study_prints_progress_and_leaderboard(tmp_path, capsys):
     assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "study tiny: 0 already finished, 4 run, 0 resumed, 0 failed, 0 not run" in out
-    assert "| digits" in out and "Ranked by final personalized accuracy" in out
+    assert "| dirichlet(alpha=0.5),n=10" in out and "Ranked by final personalized accuracy" in out
     assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--dry-run"]) == 0
     plan = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
     assert [p[1] for p in plan] == ["done"] * 4
