@@ -84,7 +84,19 @@ def run_harness(cfg) -> dict[str, Any]:
     engine = TimedEngine(cfg, skip_eval=True)
     timed = engine.run_timed()
     engine.cleanup_checkpoint()
-    return {"round_s": timed["round_s"][1:], "total_s": timed["total_s"]}
+    measured = slice(1, len(timed["round_s"]))  # the rounds whose full duration is known, minus warm-up
+    # where a harness round goes: waiting for the workers (executor.map, all waves), the server-side
+    # FedAvg, the state commit + checkpoint, and the rest (sampling, job building, bookkeeping)
+    per_round = {"workers_s": _per_round(engine.map_s["train"], len(engine.train_s)),
+                 "aggregate_s": engine.aggregate_s, "commit_checkpoint_s": engine.commit_s}
+    phases = {k: v[measured] for k, v in per_round.items()}
+    return {"round_s": timed["round_s"][1:], "total_s": timed["total_s"], "phases": phases}
+
+
+def _per_round(calls: list[float], rounds: int) -> list[float]:
+    """executor.map is called once per wave: sum the waves of each round (equal count per round)."""
+    waves = len(calls) // rounds if rounds else 0
+    return [sum(calls[i * waves : (i + 1) * waves]) for i in range(rounds)] if waves else []
 
 
 # ----- the compute limit: plain PyTorch in 2 processes -----------------------------------------------------
@@ -308,6 +320,13 @@ COLUMNS = [
 ]
 
 
+PHASE_COLUMNS = [
+    ("workload", "workload"), ("compute_round_s", "compute limit round s"), ("harness_round_s", "harness round s"),
+    ("harness_workers_s", "waiting for workers s"), ("harness_aggregate_s", "aggregate s"),
+    ("harness_commit_checkpoint_s", "commit + checkpoint s"),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke sizes (< 1 min); Flower only with --flower")
@@ -343,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmpdir:
         tmp = Path(tmpdir)
-        prepared = {}
+        prepared, phases = {}, {}
         for name in args.workloads:
             w = WORKLOADS[name]
             cfg = make_config(w, tmp / name, measured)
@@ -354,13 +373,17 @@ def main(argv: list[str] | None = None) -> int:
             steps = [sum(-(-int(sizes[c]) // w["batch"]) * w["epochs"] for c in r) for r in rounds]
             prepared[name] = (w, cfg, data, algo, vec, rounds, steps)
             raw[name] = {"harness": [], "compute": [], "flower": []}
+            phases[name] = {}
         pools = {}
         try:
             for rep in range(args.repeats):
                 for name in args.workloads:
                     w, cfg, data, algo, vec, rounds, steps = prepared[name]
                     print(f"[{rep + 1}/{args.repeats}] {name}: harness", flush=True)
-                    raw[name]["harness"] += run_harness(cfg)["round_s"]
+                    got = run_harness(cfg)
+                    raw[name]["harness"] += got["round_s"]
+                    for key, values in got["phases"].items():
+                        phases[name].setdefault(key, []).extend(values)
                     print(f"[{rep + 1}/{args.repeats}] {name}: compute limit", flush=True)
                     if name not in pools:
                         pools[name] = ctx.Pool(args.workers, _plain_init, (json.dumps(cfg.model_dump(mode="json")),))
@@ -386,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
                 "harness_overhead_pct": 100 * (1 - ups["harness"] / ups["compute"]),
                 "harness_vs_flower": ups["harness"] / ups["flower"] if use_flower else float("nan"),
                 "round_s": {who: raw[name][who] for who in raw[name]},
+                "harness_phases_s": phases[name],
             })
+            for key, values in phases[name].items():
+                rows[-1][f"harness_{key}"] = common.median(values)
+            rows[-1]["harness_round_s"] = common.median(raw[name]["harness"])
+            rows[-1]["compute_round_s"] = common.median(raw[name]["compute"])
             common.print_table(name, rows[-1:], COLUMNS)
+            common.print_table(f"{name}: where a harness round goes", rows[-1:], PHASE_COLUMNS)
     import ray
 
     ray.shutdown()
@@ -411,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 "flower": bool(use_flower)}
     jpath, mpath = common.write_results(
         "bench_throughput", args.out, title="Throughput: harness vs compute limit vs Flower", machine=info,
-        settings=settings, tables=[("Client updates per second", rows, COLUMNS)], notes=notes)
+        settings=settings, tables=[("Client updates per second", rows, COLUMNS),
+                                    ("Where a harness round goes (medians)", rows, PHASE_COLUMNS)], notes=notes)
     print(f"\nwrote {jpath} and {mpath}")
     return 0
 

@@ -214,8 +214,11 @@ def timed_engine_class():
             self.ckpt_s: list[float] = []
             self.get_s: list[float] = []
             self.commit_s: list[float] = []
+            self.map_s: dict[str, list[float]] = {"train": [], "evaluate": []}
+            self.aggregate_s: list[float] = []
             self.store.get_many = _timed(self.store.get_many, self.get_s)
             self.store.commit = _timed(self.store.commit, self.commit_s)
+            self.algo.aggregate = _timed(self.algo.aggregate, self.aggregate_s)
 
         def _train_round(self, rnd, executor):
             t = time.perf_counter()
@@ -238,8 +241,24 @@ def timed_engine_class():
             self.ckpt_s.append(time.perf_counter() - t)
 
         def run_timed(self) -> dict[str, Any]:
+            from harness.executor import make_executor
+
+            def factory(cfg, data):
+                executor = make_executor(cfg, data)
+                inner = executor.map
+
+                def timed_map(method, batches):
+                    t = time.perf_counter()
+                    try:
+                        return inner(method, batches)
+                    finally:
+                        self.map_s.setdefault(method, []).append(time.perf_counter() - t)
+
+                executor.map = timed_map
+                return executor
+
             t0 = time.perf_counter()
-            result = self.loop()
+            result = self.loop(executor_factory=factory)
             end = time.perf_counter()
             starts = self.round_starts
             full = [b - a for a, b in zip(starts, starts[1:], strict=False)]
