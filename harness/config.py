@@ -138,7 +138,8 @@ class DevicesSpec(Strict):
     download_mbps: float = Field(50.0, gt=0)
     sigma: float = Field(0.5, ge=0, description="lognormal spread of speed and bandwidth")
     tiers: list[TierSpec] = Field(default_factory=list)
-    trace_file: str | None = Field(None, description="CSV with seconds_per_sample,upload_mbps,download_mbps[,availability]")
+    trace_file: str | None = Field(
+        None, description="CSV with seconds_per_sample,upload_mbps,download_mbps[,availability]")
     availability: float = Field(1.0, gt=0, le=1, description="probability a client is online in a round")
 
 

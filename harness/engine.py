@@ -97,7 +97,10 @@ class Engine:
         if cfg.tracking.enabled:
             run_id = resume_meta["run_id"] if resume_meta else None
             self.tracker = Tracker(cfg, tags=tags, run_id=run_id)
-        self.run_id = self.tracker.run_id if self.tracker else f"local-{int(time.time() * 1000)}"
+        if self.tracker:
+            self.run_id = self.tracker.run_id
+        else:
+            self.run_id = resume_meta["run_id"] if resume_meta else f"local-{int(time.time() * 1000)}"
         self.ckpt = Path(cfg.checkpoint_dir) / self.run_id
         self.ckpt.mkdir(parents=True, exist_ok=True)
         store_path = cfg.store.path or (self.ckpt / "store")
@@ -202,7 +205,7 @@ class Engine:
             "clients_late": float(len(late)), "clients_nonfinite": float(len(bad)),
             "local_steps_mean": float(np.mean([u.steps for u in kept])) if kept else 0.0,
             "sim_round_time": round_time, "bytes_up": bytes_up, "bytes_down": bytes_down, **self.totals,
-            **self.algo.round_metrics(),
+            **self.algo.round_metrics(), **_client_metric_means(kept),
         }
 
     def _evaluate(self, rnd: int, executor) -> tuple[dict[str, float], pd.DataFrame]:
@@ -296,6 +299,17 @@ class Engine:
 
     def cleanup_checkpoint(self) -> None:
         shutil.rmtree(self.ckpt, ignore_errors=True)
+
+
+def _client_metric_means(updates: list[ClientUpdate]) -> dict[str, float]:
+    """Round means of what algorithms report per client (APFL's alpha, Ditto's personal loss, ...)."""
+    keys = sorted({k for u in updates for k in u.metrics})
+    out = {}
+    for key in keys:
+        values = [u.metrics[key] for u in updates if key in u.metrics and np.isfinite(u.metrics[key])]
+        if values:
+            out[f"client_{key}_mean"] = float(np.mean(values))
+    return out
 
 
 def _waves(chunks: list[list[int]], num_workers: int) -> list[list[list[int]]]:

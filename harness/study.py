@@ -40,7 +40,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -54,6 +53,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from harness.config import ConfigError, RunConfig, load_config
+from harness.tracking import ensure_experiment
 from partitions.spec import Strict
 
 log = logging.getLogger(__name__)
@@ -221,19 +221,10 @@ def _client(study: Study):
     return MlflowClient(study.tracking_uri)
 
 
-def ensure_experiment(study: Study) -> str:
+def study_experiment(study: Study) -> str:
     """Create the study's experiment; with a SQLite store its artifacts live beside the database
     (MLflow's default is ./mlruns under whatever the current directory happens to be)."""
-    client = _client(study)
-    exp = client.get_experiment_by_name(study.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    uri = study.tracking_uri
-    location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        location = (db.parent / "artifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", study.experiment)).as_uri()
-    return client.create_experiment(study.experiment, artifact_location=location)
+    return ensure_experiment(_client(study), study.tracking_uri, study.experiment)
 
 
 def cell_states(study: Study, resume: bool = True) -> dict[int, CellState]:
@@ -355,7 +346,7 @@ class StudyRunner:
     # -- run
     def run(self) -> StudyOutcome:
         t0 = time.perf_counter()
-        ensure_experiment(self.study)
+        study_experiment(self.study)
         todo, self.states = self.plan()
         self.outcome.skipped = [i for i, s in self.states.items() if s.action == "done"]
         self.outcome.run_ids = {i: s.run_id for i, s in self.states.items() if s.action == "done"}

@@ -8,6 +8,7 @@ version) and the experiment (config hash). Default store: sqlite:///mlruns/mlflo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +31,19 @@ def tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """The experiment's id, creating it if needed; with a SQLite store its artifacts live beside the
+    database (MLflow's default is ./mlruns under whatever the current directory happens to be)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        location = (db.parent / "artifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -44,8 +58,7 @@ class Tracker:
         self.uri = tracking_uri(cfg.tracking.uri)
         self.client = MlflowClient(self.uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+            exp_id = ensure_experiment(self.client, self.uri, cfg.tracking.experiment)
             all_tags = {
                 "mlflow.runName": cfg.name,
                 "fedharness.version": harness.__version__,

@@ -38,7 +38,8 @@ class LocalTrainer:
         self.cfg = train
         self.device = device
         self.seed = seed
-        self._mean = torch.as_tensor(data.mean, dtype=torch.float32, device=device).view(1, -1, *([1] * (len(data.input_shape) - 1)))
+        shape = (1, -1, *([1] * (len(data.input_shape) - 1)))  # per channel, broadcast over pixels
+        self._mean = torch.as_tensor(data.mean, dtype=torch.float32, device=device).view(shape)
         self._std = torch.as_tensor(data.std, dtype=torch.float32, device=device).view_as(self._mean)
         self.start(ClientJob(cid=-1, round=-1, payload={}, state={}))
 

@@ -35,7 +35,8 @@ def test_fixed_mode_keeps_everyone_and_round_time_is_the_slowest_client(tmp_path
     for rnd, group in log.groupby("round"):
         for row in group.itertuples():
             assert row.samples_processed == _full_work_samples(engine, row.client, cfg.train.local_epochs)
-            assert row.sim_seconds == pytest.approx(_expected_seconds(cfg, engine, row.client, row.samples_processed, nbytes))
+            expected = _expected_seconds(cfg, engine, row.client, row.samples_processed, nbytes)
+            assert row.sim_seconds == pytest.approx(expected)
         assert result.history[rnd - 1]["sim_round_time"] == pytest.approx(group["sim_seconds"].max())
     assert result.history[-1]["sim_time"] == pytest.approx(sum(h["sim_round_time"] for h in result.history))
     assert result.history[0]["bytes_up"] == nbytes * result.history[0]["clients_kept"]

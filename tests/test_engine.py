@@ -44,7 +44,7 @@ def test_fedavg_on_digits_rises_well_above_chance(tmp_path, ray_session):
 def test_different_seeds_give_different_runs(tmp_path):
     a = run(small_config(tmp_path / "a", "rounds=1"), progress=False)
     b = run(small_config(tmp_path / "b", "rounds=1", "seed=1"), progress=False)
-    assert a.history[0]["personal_acc"] != b.history[0]["personal_acc"] or not np.array_equal(a.global_vec, b.global_vec)
+    assert not np.array_equal(a.global_vec, b.global_vec)
 
 
 def test_mlflow_holds_params_round_metrics_tags_and_artifacts(tmp_path):

@@ -122,3 +122,13 @@ def test_diverging_client_fails_the_run_with_reason_under_fail_policy(tmp_path):
     mlrun = client.search_runs([client.get_experiment_by_name("tests").experiment_id])[0]
     assert mlrun.info.status == "FAILED"
     assert "NaN/inf" in mlrun.data.tags["fedharness.failure"]
+
+
+def test_resume_without_mlflow_uses_the_same_checkpoint(tmp_path):
+    overrides = ["rounds=3", "algorithm.name=local"]  # small_config: tracking disabled
+    whole = run(small_config(tmp_path / "whole", *overrides), progress=False)
+    cfg = small_config(tmp_path / "cut", *overrides)
+    first = run(cfg, progress=False, stop_after=1)
+    resumed = resume(first.run_id, cfg.checkpoint_dir, progress=False)
+    assert resumed.run_id == first.run_id
+    assert _metrics(resumed) == _metrics(whole)
