@@ -96,7 +96,8 @@ class Engine:
         self.tracker = None
         if cfg.tracking.enabled:
             run_id = resume_meta["run_id"] if resume_meta else None
-            self.tracker = Tracker(cfg, tags=tags, run_id=run_id)
+            named = {"fedharness.dataset": self.data.name, **(tags or {})}  # e.g. cifar10_jpeg_blob, not "arrays"
+            self.tracker = Tracker(cfg, tags=named, run_id=run_id)
         if self.tracker:
             self.run_id = self.tracker.run_id
         else:
