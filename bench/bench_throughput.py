@@ -93,10 +93,26 @@ def run_harness(cfg) -> dict[str, Any]:
     return {"round_s": timed["round_s"][1:], "total_s": timed["total_s"], "phases": phases}
 
 
+def per_rep(rounds: list[float], repeats: int) -> list[float]:
+    """Median round time of each repetition (the rounds are stored repetition after repetition)."""
+    n = len(rounds) // repeats if repeats else 0
+    return [common.median(rounds[i * n : (i + 1) * n]) for i in range(repeats)] if n else []
+
+
 def _per_round(calls: list[float], rounds: int) -> list[float]:
     """executor.map is called once per wave: sum the waves of each round (equal count per round)."""
     waves = len(calls) // rounds if rounds else 0
     return [sum(calls[i * waves : (i + 1) * waves]) for i in range(rounds)] if waves else []
+
+
+def same_layout_as_workers(data):
+    """The image array with the strides the harness's Ray workers see (a canonical C-order copy,
+    as Ray's object store delivers it). Built in-process, `x[:, None]` leaves a 0 stride on the
+    channel axis; a batch indexed from it then looks channels-last to PyTorch, which picks other
+    (on one CPU thread ~1.4x faster) conv/max-pool kernels. Same layout = same kernels = the
+    comparison isolates the framework. (Channels-last for the harness is a proposed fix.)"""
+    data.x = data.x.copy()
+    return data
 
 
 # ----- the compute limit: plain PyTorch in 2 processes -----------------------------------------------------
@@ -113,7 +129,7 @@ def _plain_init(cfg_json: str) -> None:
     torch.set_num_threads(1)
     common.mnist_source()
     cfg = validate(json.loads(cfg_json))
-    data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
+    data = same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
     mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, *([1] * (data.x.ndim - 2)))
     std = torch.tensor(data.std, dtype=torch.float32).view_as(mean)
     _PLAIN.update(cfg=cfg, data=data, mean=mean, std=std, y=torch.from_numpy(data.y),
@@ -199,7 +215,7 @@ def _flower_trainer(cfg_path: str):
         torch.set_num_threads(1)
         common.mnist_source()
         cfg = validate(json.loads(Path(cfg_path).read_text()))
-        data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
+        data = same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
         algo, model, _ = build_algorithm(cfg, data)
         _FLOWER.update(spec=algo.spec, data=data,
                        trainer=LocalTrainer(model, algo.spec, data, cfg.train, torch.device("cpu"), cfg.seed))
@@ -333,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", nargs="+", default=["avgcnn-iid", "avgcnn-dir0.5", "mlp-iid"],
                     choices=sorted(WORKLOADS))
     ap.add_argument("--rounds", type=int, default=6, help="measured rounds per run (after one warm-up round)")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of (harness, compute, flower)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of (harness, compute, flower)")
     ap.add_argument("--workers", type=int, default=2, help="workers / processes / actors, 1 CPU each")
     ap.add_argument("--flower", choices=["auto", "on", "off"], default="auto",
                     help="auto: run Flower when .venv-bench exists (not in --quick)")
@@ -406,8 +422,18 @@ def main(argv: list[str] | None = None) -> int:
                 "per_round": k, "partition": w["scheme"], "local_epochs": w["epochs"], "batch": w["batch"],
                 "steps_per_client": float(np.mean(steps) / k),
                 "compute_ups": ups["compute"], "harness_ups": ups["harness"], "flower_ups": ups["flower"],
-                "harness_overhead_pct": 100 * (1 - ups["harness"] / ups["compute"]),
-                "harness_vs_flower": ups["harness"] / ups["flower"] if use_flower else float("nan"),
+                # ratios per repetition (its three runs minutes apart), then their median: pooling the
+                # rounds of all repetitions would mix load levels when other jobs come and go
+                "harness_overhead_pct": common.median(100 * (1 - c / h) for h, c in
+                                                      zip(per_rep(raw[name]["harness"], args.repeats),
+                                                          per_rep(raw[name]["compute"], args.repeats), strict=True)),
+                "harness_vs_flower": common.median(f / h for h, f in
+                                                   zip(per_rep(raw[name]["harness"], args.repeats),
+                                                       per_rep(raw[name]["flower"], args.repeats), strict=True))
+                if use_flower else float("nan"),
+                "overhead_pct_per_repeat": [100 * (1 - c / h) for h, c in
+                                            zip(per_rep(raw[name]["harness"], args.repeats),
+                                                per_rep(raw[name]["compute"], args.repeats), strict=True)],
                 "round_s": {who: raw[name][who] for who in raw[name]},
                 "harness_phases_s": phases[name],
             })
@@ -421,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.shutdown()
     notes = [
-        "updates/s = clients per round / median round time; the first round of every run is dropped (warm-up: "
-        "actor start, data and model caches).",
+        "updates/s = clients per round / median round time over all repetitions; the first round of every run is "
+        "dropped (warm-up: actor start, data and model caches). The overhead and harness/Flower columns are the "
+        "median over repetitions of the ratio of median round times within one repetition.",
         "compute limit: plain PyTorch loop (batches normalised on the fly, SGD with momentum, same data order) in "
         f"{args.workers} processes x 1 torch thread, clients split longest-first by sample count; round = slower "
         "process's loop time (no communication, no aggregation, no state store).",
@@ -431,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "Flower: run_simulation with the Ray backend, FedAvg, actors x 1 CPU; its client trains with the harness's "
         "LocalTrainer (identical computation), receives the harness's sampled clients, caches data/model per "
         "actor process; round = configure_fit to the next configure_fit.",
+        "compute limit and Flower hold the images with the strides the harness's Ray workers get (a C-order copy), "
+        "so all three run the same PyTorch kernels (see same_layout_as_workers).",
         "harness overhead % = 1 - harness/compute: framework cost (Ray calls, serialisation, scheduling, batches "
         "normalised on the fly, load imbalance between the 2 workers, aggregation, checkpoint).",
         f"{args.repeats} interleaved repetition(s) of {args.rounds} measured rounds; timings taken while other jobs "

@@ -160,7 +160,9 @@ def init_ray(num_cpus: int = 2) -> None:
         return
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "bench.common.register_bench_sources"}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False,
+    # address="local": always a fresh cluster of our own; without it ray.init joins a cluster that
+    # someone started on this machine (`ray start`), and then refuses num_cpus
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False,
              configure_logging=True, logging_level=logging.WARNING)
 
 
