@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Full-model part: algorithm `local` (one model per client in the store), iid {args.data} partition, "
         "1 local epoch, batch 32, 2 Ray workers x 1 CPU, torch threads 1, tracking off. The store is filled "
         "with N states through the store's commit first; each K then runs 1 warm-up + "
-        f"{args.rounds} measured rounds; evaluation of all N clients runs once per N (last K).",
+        f"{args.rounds} measured rounds; evaluation of all N clients runs once per N (in the run of the smallest K).",
         "round s = start of a round to start of the next: sampling, state fetch, training on the workers, "
         "aggregation, state commit and checkpoint. 'store commit s' excludes the checkpoint written inside it.",
         "RSS counts shared pages (Ray's object store) once per process that maps them; PSS splits them, so "
