@@ -133,6 +133,14 @@ class Algorithm:
         return job.payload["model"]
 
     # ----- helpers for subclasses -------------------------------------------------------------
+    def start_vector(self, job: ClientJob) -> np.ndarray:
+        """Received global values on shared elements, the client's stored personal part elsewhere."""
+        return self.merge_personal(job.payload["model"], job.state.get("personal"))
+
+    def personal_state(self, vec: np.ndarray) -> State:
+        """What a partially shared algorithm keeps per client: only vec[~shared] (a few KB for a head)."""
+        return {"personal": vec[~self.shared].copy()}
+
     def merge_personal(self, global_vec: np.ndarray, personal: np.ndarray | None) -> np.ndarray:
         """Global values on shared elements, the client's own values (state) elsewhere."""
         out = global_vec.copy()

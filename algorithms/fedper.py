@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
 from algorithms.registry import register
 from harness.params import ParamSpec
 
@@ -52,13 +52,6 @@ class FedPer(Algorithm):
 
     def shared_mask(self) -> np.ndarray:
         return ~top_layers_mask(self.spec, self.params.personal_layers)
-
-    # The personal part is stored as vec[~shared] only: a few KB per client for a linear head.
-    def start_vector(self, job: ClientJob) -> np.ndarray:
-        return self.merge_personal(job.payload["model"], job.state.get("personal"))
-
-    def personal_state(self, vec: np.ndarray) -> State:
-        return {"personal": vec[~self.shared].copy()}
 
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         trainer.set_vector(self.start_vector(job))

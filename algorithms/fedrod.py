@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate
 from algorithms.registry import register
 
 
@@ -68,12 +68,6 @@ class FedRoD(Algorithm):
 
     def shared_mask(self) -> np.ndarray:
         return ~self.spec.mask(s.name for s in self.spec.slots if s.name.startswith("phead."))
-
-    def start_vector(self, job: ClientJob) -> np.ndarray:
-        return self.merge_personal(job.payload["model"], job.state.get("personal"))
-
-    def personal_state(self, vec: np.ndarray) -> State:
-        return {"personal": vec[~self.shared].copy()}
 
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         trainer.set_vector(self.start_vector(job))
