@@ -21,7 +21,7 @@ Reported: client updates/s of each (median over rounds, the first round of each 
 warm-up), harness overhead = 1 - harness/compute, and harness/flower. The runs are interleaved
 (harness, compute, flower, then again) so that load from other jobs hits all three alike.
 
-Run:  .venv/bin/python bench/bench_throughput.py           (full: ~5-10 min)
+Run:  .venv/bin/python bench/bench_throughput.py           (full: ~15 min on an idle machine)
       .venv/bin/python bench/bench_throughput.py --quick   (smoke: < 1 min, Flower skipped)
 Flower environment (once):  python3 -m venv .venv-bench &&
       echo "$PWD/.venv/lib/python3.11/site-packages" > .venv-bench/lib/python3.11/site-packages/main.pth &&
