@@ -133,7 +133,8 @@ class VirtualClock:
         order = sorted(times, key=lambda c: (times[c], c))
         if self.spec.mode == "deadline":
             kept = [c for c in order if times[c] <= self.spec.deadline_s + 1e-9]
-            late = [c for c in order if c not in set(kept)]
+            kept_set = set(kept)
+            late = [c for c in order if c not in kept_set]
             round_time = self.spec.deadline_s if late else max((times[c] for c in kept), default=0.0)
         elif self.spec.mode == "overcommit":
             kept, late = order[:k], order[k:]

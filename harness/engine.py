@@ -184,11 +184,12 @@ class Engine:
         kept_ids, late, round_time = self.clock.settle(times, self.k)
         if plan.dropped_before and self.cfg.budget.mode == "deadline":
             round_time = float(self.cfg.budget.deadline_s)
-        kept = [u for u in updates if u.cid in set(kept_ids)]
+        kept_set = set(kept_ids)
+        kept = [u for u in updates if u.cid in kept_set]
         self._client_rows = [
             {"round": rnd + 1, "client": u.cid, "steps": u.steps, "samples_processed": u.samples_processed,
              "sim_seconds": times[u.cid], "bytes_down": down[u.cid], "bytes_up": up[u.cid],
-             "outcome": "kept" if u.cid in set(kept_ids) else "late"} for u in updates]
+             "outcome": "kept" if u.cid in kept_set else "late"} for u in updates]
         self._client_rows += [{"round": rnd + 1, "client": c, "outcome": "nonfinite"} for c in bad]
         self._client_rows += [{"round": rnd + 1, "client": c, "outcome": "no_time"} for c in plan.dropped_before]
         self.global_vec = self.algo.aggregate(self.global_vec, kept)

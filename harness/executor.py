@@ -44,7 +44,8 @@ def init_ray(cfg: RunConfig) -> None:
         ray.init(address=cfg.workers.address, runtime_env=env, log_to_driver=False)
     else:
         cpus = max(int(round(cfg.workers.num_workers * cfg.workers.num_cpus)), 1)
-        ray.init(num_cpus=cpus, num_gpus=None, include_dashboard=False, runtime_env=env,
+        # address="local": start our own Ray, never join a cluster someone else started on this machine
+        ray.init(address="local", num_cpus=cpus, num_gpus=None, include_dashboard=False, runtime_env=env,
                  log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
 
 

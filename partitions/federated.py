@@ -29,6 +29,11 @@ class ArrayData:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
         self.y = np.asarray(self.y, dtype=np.int64)
+        if self.x.strides != _c_strides(self.x):
+            # e.g. x[:, None] has a zero stride on its channel axis: torch then picks channels-last
+            # kernels in this process but not in Ray workers (which get a plain copy), and the two
+            # give different float results. One canonical layout keeps runs identical everywhere.
+            self.x = self.x.copy(order="C")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
             raise ValueError(f"{self.name}: labels span {self.y.min()}..{self.y.max()} but num_classes is "
                              f"{self.num_classes}")
@@ -39,6 +44,14 @@ class ArrayData:
         groups = self.groups[keep] if self.groups is not None else None
         return ArrayData(self.x[keep], self.y[keep], self.num_classes, self.mean, self.std, self.name, groups,
                          self.class_names, self.columns)
+
+
+def _c_strides(a: np.ndarray) -> tuple[int, ...]:
+    strides, step = [], a.itemsize
+    for dim in reversed(a.shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
 
 
 def _csr(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -92,3 +92,18 @@ def test_failed_run_is_marked_failed_in_mlflow(tmp_path, monkeypatch):
         [MlflowClient(cfg.tracking.uri).get_experiment_by_name("tests").experiment_id])
     assert runs[0].info.status == "FAILED"
     assert "aggregation exploded" in runs[0].data.tags["fedharness.failure"]
+
+
+def test_conv_model_gives_identical_numbers_in_process_and_on_ray(tmp_path, ray_session):
+    """Grey images get a channel axis (x[:, None], zero stride): without one canonical layout torch
+    chose channels-last kernels in the driver but not in Ray workers, and the floats differed."""
+    gen = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 100)
+    x = (gen.integers(0, 60, size=(400, 16, 16)) + 40 * y[:, None, None]).astype(np.uint8)
+    np.savez(tmp_path / "grey.npz", x=x, y=y)
+    common = ["data.source=arrays", f"data.root={tmp_path}/grey.npz", "model.name=avgcnn", "model.options={}",
+              "rounds=2", "partition.num_clients=8", "partition.min_samples=20"]
+    a = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False)
+    b = run(small_config(tmp_path / "proc", *common, "workers.use_ray=false"), progress=False)
+    assert _eval_history(a) == _eval_history(b)
+    np.testing.assert_array_equal(a.global_vec, b.global_vec)
