@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -70,12 +69,22 @@ def resume(run_id: str, checkpoint_dir: str = ".fedharness/checkpoints", progres
     return Engine(validate(meta["config"]), progress=progress, resume_meta=meta).loop()
 
 
-def _chunks(cids: list[int], num_workers: int) -> list[list[int]]:
-    """Sorted clients cut into at most CHUNK-sized pieces, about evenly over the workers."""
-    if not cids:
-        return []
-    pieces = max(num_workers, math.ceil(len(cids) / CHUNK))
-    return [p.tolist() for p in np.array_split(np.asarray(cids, dtype=np.int64), pieces) if len(p)]
+def _waves(cids: list[int], num_workers: int, sizes: np.ndarray) -> list[list[list[int]]]:
+    """Sorted clients in waves of at most CHUNK x W (contiguous in client id, so the server side
+    sees clients in id order whatever W is); within a wave, one batch per worker, balanced by
+    data size (largest first onto the least-loaded worker), each batch in client-id order."""
+    waves = []
+    step = num_workers * CHUNK
+    for start in range(0, len(cids), step):
+        wave = cids[start : start + step]
+        bins: list[list[int]] = [[] for _ in range(min(num_workers, len(wave)))]
+        load = [0] * len(bins)
+        for cid in sorted(wave, key=lambda c: (-int(sizes[c]), c)):
+            slot = min(range(len(bins)), key=lambda b: (load[b], b))
+            bins[slot].append(int(cid))
+            load[slot] += int(sizes[cid])
+        waves.append([sorted(b) for b in bins])
+    return waves
 
 
 class Engine:
@@ -161,17 +170,15 @@ class Engine:
         down: dict[int, int] = {}
         updates: list[ClientUpdate] = []
         # states are read and jobs built one wave at a time: the driver holds at most CHUNK x W of them
-        for batch_group in _waves(_chunks(plan.clients.tolist(), executor.num_workers), executor.num_workers):
-            states = self.store.get_many([c for chunk in batch_group for c in chunk])
-            batches = []
-            for chunk in batch_group:
-                batch = []
-                for cid in chunk:
-                    payload, state = self.algo.server_prepare(cid, rnd, self.global_vec, states.pop(cid))
-                    batch.append(ClientJob(cid, rnd, payload, state, plan.max_steps[cid]))
-                    down[cid] = self.algo.bytes_down(payload)
-                batches.append(batch)
-            results = executor.map("train", batches)
+        for batch_group in _waves(plan.clients.tolist(), executor.num_workers, self.data.sizes("train")):
+            wave = sorted(c for chunk in batch_group for c in chunk)
+            states = self.store.get_many(wave)
+            jobs = {}
+            for cid in wave:  # server side in client-id order
+                payload, state = self.algo.server_prepare(cid, rnd, self.global_vec, states.pop(cid))
+                jobs[cid] = ClientJob(cid, rnd, payload, state, plan.max_steps[cid])
+                down[cid] = self.algo.bytes_down(payload)
+            results = executor.map("train", [[jobs[c] for c in chunk] for chunk in batch_group])
             updates.extend(u for part in results for u in part)
         updates.sort(key=lambda u: u.cid)
         trained = len(updates)
@@ -213,7 +220,7 @@ class Engine:
     def _evaluate(self, rnd: int, executor) -> tuple[dict[str, float], pd.DataFrame]:
         evals = []
         all_clients = list(range(self.data.num_clients))
-        for batch_group in _waves(_chunks(all_clients, executor.num_workers), executor.num_workers):
+        for batch_group in _waves(all_clients, executor.num_workers, self.data.sizes("test")):
             wave = [c for chunk in batch_group for c in chunk]
             states = self.store.get_many(wave)
             states |= {c: self._pending_states[c] for c in wave if c in self._pending_states}
@@ -313,9 +320,6 @@ def _client_metric_means(updates: list[ClientUpdate]) -> dict[str, float]:
             out[f"client_{key}_mean"] = float(np.mean(values))
     return out
 
-
-def _waves(chunks: list[list[int]], num_workers: int) -> list[list[list[int]]]:
-    return [chunks[i : i + num_workers] for i in range(0, len(chunks), num_workers)]
 
 
 def _final_metrics(history: list[dict[str, float]]) -> dict[str, float]:

@@ -107,3 +107,19 @@ def test_conv_model_gives_identical_numbers_in_process_and_on_ray(tmp_path, ray_
     b = run(small_config(tmp_path / "proc", *common, "workers.use_ray=false"), progress=False)
     assert _eval_history(a) == _eval_history(b)
     np.testing.assert_array_equal(a.global_vec, b.global_vec)
+
+
+def test_waves_balance_work_and_keep_client_order():
+    from harness.engine import CHUNK, _waves
+
+    gen = np.random.default_rng(0)
+    sizes = gen.integers(1, 500, size=1000)
+    cids = sorted(gen.choice(1000, size=300, replace=False).tolist())
+    waves = _waves(cids, 2, sizes)
+    flat = [c for wave in waves for batch in wave for c in batch]
+    assert sorted(flat) == cids and len(flat) == len(set(flat))
+    for wave, start in zip(waves, range(0, 300, 2 * CHUNK), strict=True):
+        assert sorted(c for batch in wave for c in batch) == cids[start : start + 2 * CHUNK]  # contiguous
+        assert all(batch == sorted(batch) for batch in wave)
+        loads = [int(sizes[batch].sum()) for batch in wave]
+        assert max(loads) - min(loads) <= int(sizes.max())  # greedy largest-first bound
