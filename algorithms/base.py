@@ -76,6 +76,10 @@ class Algorithm:
     Params: ClassVar[type[Params]] = Params
     #: Which defaults come from where (shown by `fedharness algorithms`).
     source: ClassVar[str] = ""
+    #: False where the server's vector is not a usable model on its own (Local-only never
+    #: averages; FedPer/FedRep never average the head, LG-FedAvg the body): its global_* metrics
+    #: would measure an untrained part, so they are reported as NaN and not computed.
+    has_global_model: ClassVar[bool] = True
 
     def __init__(self, params: Params, ctx: AlgoContext):
         self.params = params

@@ -49,6 +49,7 @@ class FedPer(Algorithm):
     name = "fedper"
     Params = FedPerParams
     source = "Arivazhagan et al. 2019 (K_P personalization layers); K_P=1 (head) as in PFLlib/FL-bench/FedOBP paper"
+    has_global_model = False  # the head is never averaged (FedRep, LG-FedAvg: likewise a part)
 
     def shared_mask(self) -> np.ndarray:
         return ~top_layers_mask(self.spec, self.params.personal_layers)

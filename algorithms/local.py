@@ -15,6 +15,7 @@ class Local(Algorithm):
 
     name = "local"
     source = "standard baseline (e.g. FedOBP paper Table 2)"
+    has_global_model = False  # nothing is averaged
 
     def shared_mask(self) -> np.ndarray:
         return np.zeros(self.spec.size, dtype=bool)  # nothing is sent or averaged

@@ -329,6 +329,7 @@ def _final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
         return {}
     final = {k: v for k, v in evaluated[-1].items() if k != "round"}
     for key in ("personal_acc", "personal_acc_mean", "personal_acc_worst10", "global_acc"):
-        final[f"best_{key}"] = max(h[key] for h in evaluated)
+        values = np.array([h[key] for h in evaluated], dtype=np.float64)
+        final[f"best_{key}"] = float(np.nanmax(values)) if not np.isnan(values).all() else float("nan")
     final["rounds"] = float(history[-1]["round"])
     return final

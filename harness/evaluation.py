@@ -3,7 +3,7 @@
 personal_acc          total correct / total test samples, each client using its own model
 personal_acc_mean     unweighted mean of per-client accuracies
 personal_acc_worst10  mean accuracy of the worst 10% of clients (at least one client)
-global_acc(_mean)     the same for the global model
+global_acc(_mean)     the same for the global model (NaN for algorithms without one: Local, FedPer, ...)
 *_loss                sample-weighted mean cross-entropy
 unseen_* / seen_*     the same restricted to clients that never / do train (when some are unseen)
 """
@@ -41,10 +41,11 @@ def summarize(df: pd.DataFrame, prefix: str = "") -> dict[str, float]:
     out = {}
     for who in ("personal", "global"):
         acc = df[f"{who}_acc"].to_numpy(dtype=np.float64)
-        out[f"{prefix}{who}_acc"] = float(df[f"{who}_correct"].sum()) / total
+        # skipna=False: a model that was not evaluated (NaN) must not read as 0 correct
+        out[f"{prefix}{who}_acc"] = float(df[f"{who}_correct"].sum(skipna=False)) / total
         out[f"{prefix}{who}_acc_mean"] = float(acc.mean())
         out[f"{prefix}{who}_acc_worst10"] = float(np.sort(acc)[:k].mean())
-        out[f"{prefix}{who}_loss"] = float(df[f"{who}_loss_sum"].sum()) / total
+        out[f"{prefix}{who}_loss"] = float(df[f"{who}_loss_sum"].sum(skipna=False)) / total
     return out
 
 

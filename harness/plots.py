@@ -15,6 +15,8 @@ def plot_run_curves(history: list[dict[str, float]], path: Path, title: str = ""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, label in (("personal_acc", "personalized"), ("global_acc", "global"),
                        ("personal_acc_worst10", "personalized, worst 10%")):
+        if all(h[key] != h[key] for h in evaluated):  # all NaN: the algorithm has no global model
+            continue
         xs = [h["round"] for h in evaluated]
         axes[0].plot(xs, [h[key] for h in evaluated], label=label, marker=".")
         axes[1].plot([h["sim_time"] for h in evaluated], [h[key] for h in evaluated], label=label, marker=".")

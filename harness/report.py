@@ -11,7 +11,7 @@ def format_table(rows: list[dict], title: str = "") -> str:
     df = pd.DataFrame(rows)
     for col in df.columns:
         if col.endswith(("acc", "acc_mean", "acc_worst10")):
-            df[col] = df[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}")
+            df[col] = df[col].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.2f}")
         elif col == "sim_time":
             df[col] = df[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}s")
         elif col.startswith("bytes"):

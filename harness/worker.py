@@ -27,7 +27,7 @@ class ClientEval:
     n: int
     correct: int  # personalized model
     loss: float
-    global_correct: int  # global model
+    global_correct: float  # global model (NaN where the algorithm has none)
     global_loss: float
 
 
@@ -87,6 +87,11 @@ class Worker:
             self.trainer.start(job)
             personal = self.algo.eval_vector(job, self.trainer)
             correct, loss, n = self.trainer.evaluate(personal, job.cid)
-            g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)
+            if not self.algo.has_global_model:
+                g_correct, g_loss = float("nan"), float("nan")
+            elif personal is job.payload["model"]:  # FedAvg-like: the personalized model is the global one
+                g_correct, g_loss = correct, loss
+            else:
+                g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)
             out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss))
         return out

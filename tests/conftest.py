@@ -59,3 +59,9 @@ def small_config(tmp_path, *overrides: str, **fields):
     for key, value in fields.items():
         base[key] = value
     return load_config(base, list(overrides))
+
+
+def metrics_history(result, drop: tuple[str, ...] = ("wall_round_time",)) -> list[dict]:
+    """A run's per-round metrics in a form `==` can compare: wall-clock times dropped and NaN
+    (global_* of an algorithm without a global model) replaced by None, since NaN != NaN."""
+    return [{k: (None if v != v else v) for k, v in h.items() if k not in drop} for h in result.history]

@@ -19,7 +19,7 @@ from algorithms.base import ClientJob
 from harness.engine import resume, run
 from harness.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
-from tests.conftest import small_config
+from tests.conftest import metrics_history, small_config
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def weighted_average(updates, mask: np.ndarray) -> np.ndarray:
 
 
 def history(result) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "wall_round_time"} for h in result.history]
+    return metrics_history(result)
 
 
 # ----- FedProx -------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.engine import run
-from tests.conftest import small_config
+from tests.conftest import metrics_history, small_config
 
 
 def _eval_history(result):
-    return [{k: v for k, v in h.items() if k != "wall_round_time"} for h in result.history]
+    return metrics_history(result)
 
 
 def test_same_metrics_with_one_and_two_ray_workers(tmp_path, ray_session):
@@ -123,3 +123,21 @@ def test_waves_balance_work_and_keep_client_order():
         assert all(batch == sorted(batch) for batch in wave)
         loads = [int(sizes[batch].sum()) for batch in wave]
         assert max(loads) - min(loads) <= int(sizes.max())  # greedy largest-first bound
+
+
+def test_global_metrics_are_nan_where_the_algorithm_has_no_global_model(tmp_path):
+    """Local never averages and FedPer never averages its head: their server vector is not a
+    trained model, so global_* must read NaN (not a misleading near-chance number)."""
+    for name in ("local", "fedper"):
+        result = run(small_config(tmp_path / name, f"algorithm.name={name}", "rounds=2"), progress=False)
+        last = result.history[-1]
+        assert np.isnan(last["global_acc"]) and np.isnan(last["global_loss"]) and np.isnan(last["global_acc_worst10"])
+        assert np.isnan(result.final["best_global_acc"])
+        assert 0.0 < last["personal_acc"] <= 1.0 and np.isfinite(result.final["best_personal_acc"])
+
+
+def test_fedavg_global_metrics_equal_personal_ones_without_a_second_pass(tmp_path):
+    result = run(small_config(tmp_path, "rounds=2"), progress=False)
+    df = result.clients
+    assert (df["global_correct"] == df["personal_correct"]).all()
+    assert result.history[-1]["global_acc"] == result.history[-1]["personal_acc"]

@@ -379,7 +379,8 @@ def test_round_metrics_count_fraction_per_layer_and_overlap_with_previous_mask()
 
 # ----- whole runs: the two limits -------------------------------------------------------------------------
 def _without(history, prefix=("fedobp_",), keys=("wall_round_time",)):
-    return [{k: v for k, v in h.items() if k not in keys and not k.startswith(prefix)} for h in history]
+    return [{k: (None if v != v else v) for k, v in h.items() if k not in keys and not k.startswith(prefix)}
+            for h in history]
 
 
 def test_q1_equals_fedavg(tmp_path):
