@@ -167,7 +167,8 @@ class RunConfig(Strict):
     eval_every: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nan_policy: Literal["drop", "fail"] = Field("drop", description="a client whose loss is NaN/inf")
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints with store.backend=memory "
+                                  "(its snapshot holds every client's state); the disk store checkpoints each round")
     checkpoint_dir: str = ".fedharness/checkpoints"
     data: DataSpec = DataSpec()
     partition: PartitionSpec = PartitionSpec()

@@ -134,6 +134,12 @@ class Engine:
         tmp.write_text(json.dumps(self._meta(done_round)))
         os.replace(tmp, self.ckpt / "meta.json")  # the commit point of the round
 
+    def _checkpoint_due(self, rnd: int, final: bool) -> bool:
+        """A disk store checkpoints every round: its commit *is* the checkpoint and costs only the
+        round's clients. A memory store snapshots all of its states, so it honours checkpoint_every
+        (a resume then replays the rounds since the last snapshot; determinism makes them identical)."""
+        return isinstance(self.store, DiskStore) or final or (rnd + 1) % self.cfg.checkpoint_every == 0
+
     @property
     def client_log_path(self) -> Path:
         return self.ckpt / "client_rounds.csv"
@@ -238,6 +244,8 @@ class Engine:
         status, reason = "FINISHED", None
         try:
             executor = executor_factory(cfg, self.data)
+            if self.start_round == 0:
+                self._write_checkpoint(-1)  # resumable even if the first round never finishes
             clients = None
             for rnd in range(self.start_round, cfg.rounds):
                 t0 = time.perf_counter()
@@ -252,7 +260,11 @@ class Engine:
                 if self.tracker:
                     self.tracker.log_round(rnd + 1, metrics)
                 self._append_client_log()
-                self.store.commit(self._pending_states, rnd, mark_done=lambda r=rnd: self._write_checkpoint(r))
+                stopping = stop_after is not None and rnd + 1 >= stop_after
+                if self._checkpoint_due(rnd, last or stopping):
+                    self.store.commit(self._pending_states, rnd, mark_done=lambda r=rnd: self._write_checkpoint(r))
+                else:
+                    self.store.commit(self._pending_states, rnd)
                 bar.update(rnd + 1, metrics)
                 if stop_after is not None and rnd + 1 >= stop_after and not last:
                     status = "RUNNING"  # interrupted on purpose; resumable

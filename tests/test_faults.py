@@ -16,12 +16,12 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from harness.engine import RunFailed, resume, run
-from harness.executor import RayExecutor
-from tests.conftest import ROOT, small_config
+from harness.executor import InProcessExecutor, RayExecutor
+from tests.conftest import ROOT, metrics_history, small_config
 
 
 def _metrics(result):
-    return [{k: v for k, v in h.items() if k != "wall_round_time"} for h in result.history]
+    return metrics_history(result)
 
 
 class KillOnceExecutor(RayExecutor):
@@ -131,4 +131,51 @@ def test_resume_without_mlflow_uses_the_same_checkpoint(tmp_path):
     first = run(cfg, progress=False, stop_after=1)
     resumed = resume(first.run_id, cfg.checkpoint_dir, progress=False)
     assert resumed.run_id == first.run_id
+    assert _metrics(resumed) == _metrics(whole)
+
+
+class CrashInRound5(InProcessExecutor):
+    def __init__(self, cfg, data):
+        super().__init__(cfg, data)
+        self.train_calls = 0
+
+    def map(self, method, batches):
+        if method == "train":
+            self.train_calls += 1
+            if self.train_calls == 5:
+                raise RuntimeError("simulated crash in round 5")
+        return super().map(method, batches)
+
+
+def test_memory_store_with_checkpoint_every_replays_rounds_since_the_snapshot(tmp_path):
+    """checkpoint_every=3: a crash in round 5 leaves the round-3 snapshot; resume replays 4-6 and
+    ends with the numbers of an uninterrupted run."""
+    overrides = ["rounds=6", "algorithm.name=fedobp", "store.backend=memory", "checkpoint_every=3"]
+    whole = run(small_config(tmp_path / "whole", *overrides), progress=False)
+    cfg = small_config(tmp_path / "cut", *overrides)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, progress=False, executor_factory=CrashInRound5)
+    (meta_path,) = Path(cfg.checkpoint_dir).glob("*/meta.json")
+    assert json.loads(meta_path.read_text())["done_round"] == 2  # round 3 (0-based 2), not round 4
+    resumed = resume(meta_path.parent.name, cfg.checkpoint_dir, progress=False)
+    assert _metrics(resumed) == _metrics(whole)
+    np.testing.assert_array_equal(resumed.global_vec, whole.global_vec)
+    rows = resumed.client_log
+    assert sorted(rows["round"].unique()) == [1, 2, 3, 4, 5, 6]
+    assert not rows.duplicated(["round", "client"]).any()  # replayed rounds are not logged twice
+
+
+def test_a_run_that_dies_in_round_1_is_resumable(tmp_path):
+    cfg = small_config(tmp_path, "rounds=2")
+
+    class CrashAtOnce(InProcessExecutor):
+        def map(self, method, batches):
+            raise RuntimeError("simulated crash in round 1")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, progress=False, executor_factory=CrashAtOnce)
+    (meta_path,) = Path(cfg.checkpoint_dir).glob("*/meta.json")
+    assert json.loads(meta_path.read_text())["done_round"] == -1
+    resumed = resume(meta_path.parent.name, cfg.checkpoint_dir, progress=False)
+    whole = run(small_config(tmp_path / "whole", "rounds=2"), progress=False)
     assert _metrics(resumed) == _metrics(whole)
