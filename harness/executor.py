@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import defaultdict
 from typing import Any
 
 import ray
@@ -49,21 +51,69 @@ def init_ray(cfg: RunConfig) -> None:
                  log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
 
 
+class ActorCache:
+    """Idle worker actors kept alive between the runs of one process (the cells of a study).
+
+    Starting an actor costs a process start, `import torch` and a model build (~2-4 s on these
+    2 cores); a study of dozens of short cells spent much of its time there. Actors are keyed by
+    their Ray resources (num_cpus, num_gpus): a run borrows matching idle ones, reconfigures them
+    for its own config and data (`Worker.configure`), and gives them back when it ends.
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[float, float], list[Any]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple[float, float], count: int) -> list[Any]:
+        with self._lock:
+            idle = self._idle[key]
+            taken, self._idle[key] = idle[:count], idle[count:]
+            return taken
+
+    def give(self, key: tuple[float, float], actors: list[Any]) -> None:
+        with self._lock:
+            self._idle[key].extend(actors)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            actors = [a for idle in self._idle.values() for a in idle]
+            self._idle.clear()
+        for actor in actors:
+            ray.kill(actor)
+
+
 class RayExecutor:
-    def __init__(self, cfg: RunConfig, data: FederatedDataset):
+    def __init__(self, cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):
         init_ray(cfg)
         self.cfg = cfg
+        self.cache = cache
         self.max_retries = cfg.workers.max_retries
         self.num_workers = cfg.workers.num_workers
+        self._key = (float(cfg.workers.num_cpus), float(cfg.workers.num_gpus))
         self._data_ref = ray.put(data)
         self._remote = ray.remote(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)(Worker)
         self.retries = 0
-        self.actors = [self._new_actor() for _ in range(self.num_workers)]
-        ray.get([a.ping.remote() for a in self.actors])
+        reused = cache.take(self._key, self.num_workers) if cache is not None else []
+        fresh = [self._new_actor() for _ in range(self.num_workers - len(reused))]
+        self.actors = reused + fresh
+        ready = [a.configure.remote(*self._worker_args()) for a in reused] + [a.ping.remote() for a in fresh]
+        for slot, ref in enumerate(ready):
+            try:
+                ray.get(ref)
+            except (RayActorError, ActorDiedError, ActorUnavailableError):
+                if slot >= len(reused):
+                    raise
+                self.actors[slot] = self._new_actor()  # a cached actor that died meanwhile
+                ray.get(self.actors[slot].ping.remote())
+
+    def _worker_args(self) -> tuple:
+        return self.cfg.model_dump(mode="json"), self._data_ref, max(1, int(self.cfg.workers.num_cpus))
 
     def _new_actor(self):
-        return self._remote.remote(self.cfg.model_dump(mode="json"), self._data_ref,
-                                   max(1, int(self.cfg.workers.num_cpus)))
+        return self._remote.remote(*self._worker_args())
 
     def map(self, method: str, batches: list[list[Any]]) -> list[list[Any]]:
         return self.collect(method, batches, self.submit(method, batches))
@@ -98,10 +148,14 @@ class RayExecutor:
         return [results[i] for i in range(len(batches))]
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
+        """Kill the actors, or hand them back to the cache for the next run to reuse."""
+        if self.cache is not None:
+            self.cache.give(self._key, self.actors)
+        else:
+            for a in self.actors:
+                ray.kill(a)
         self.actors = []
 
 
-def make_executor(cfg: RunConfig, data: FederatedDataset):
-    return RayExecutor(cfg, data) if cfg.workers.use_ray else InProcessExecutor(cfg, data)
+def make_executor(cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):
+    return RayExecutor(cfg, data, cache) if cfg.workers.use_ray else InProcessExecutor(cfg, data)

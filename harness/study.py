@@ -336,6 +336,7 @@ class StudyRunner:
         self._init_lock = threading.Lock()
         self._threads: dict[int, int] = {}  # cell index -> thread ident (parallel mode)
         self._started_ray = False
+        self._actors = None  # ActorCache: worker actors reused from cell to cell
 
     # -- plan
     def plan(self) -> tuple[list[Cell], dict[int, CellState]]:
@@ -366,6 +367,8 @@ class StudyRunner:
             self.outcome.interrupted = True
         finally:
             self.bar.close()
+            if self._actors is not None:
+                self._actors.clear()
             if self._started_ray:
                 import ray
 
@@ -415,6 +418,14 @@ class StudyRunner:
         with self._init_lock:
             return Engine(cell.config, tags=self.study.tags(cell), progress=self.progress), False
 
+    def _executor(self, cfg, data):
+        from harness.executor import ActorCache, make_executor
+
+        with self._init_lock:
+            if self._actors is None:
+                self._actors = ActorCache()
+        return make_executor(cfg, data, cache=self._actors)
+
     def _run_cell(self, cell: Cell) -> None:
         self._threads[cell.index] = threading.get_ident()
         self.bar.start(cell)
@@ -422,7 +433,7 @@ class StudyRunner:
         engine = None
         try:
             engine, resumed = self._engine(cell, self.states[cell.index])
-            result = engine.loop()
+            result = engine.loop(executor_factory=self._executor)
         except KeyboardInterrupt:
             self.bar.finish(cell, "KILLED", time.perf_counter() - t0, None)
             raise

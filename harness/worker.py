@@ -57,12 +57,19 @@ def build_algorithm(cfg: RunConfig, data: FederatedDataset) -> tuple[Algorithm, 
 
 class Worker:
     def __init__(self, config: dict, data: FederatedDataset, num_threads: int = 1):
+        self.configure(config, data, num_threads)
+
+    def configure(self, config: dict, data: FederatedDataset, num_threads: int = 1) -> str:
+        """(Re)build everything a run needs. A study reuses its actors from cell to cell through
+        this call instead of paying a process start and `import torch` per cell; nothing of the
+        previous run survives (every random draw is seeded per (seed, purpose, round, client))."""
         torch.set_num_threads(max(1, num_threads))
         self.cfg = validate(config)
         self.data = data
         self.algo, model, _ = build_algorithm(self.cfg, data)
         self.trainer = LocalTrainer(model, self.algo.spec, data, self.cfg.train, resolve_device(self.cfg.device),
                                     self.cfg.seed)
+        return str(self.trainer.device)
 
     def ping(self) -> str:
         return str(self.trainer.device)
