@@ -122,6 +122,8 @@ def load_runs(tracking_uri: str | None, experiment: str, study: str | None = Non
             "variant_key": _variant_key(params),
             "params": params,
             "end_time": run.info.end_time or 0,
+            # wall-clock seconds of the run (a resumed run: from its first start to its last end)
+            "wall_s": ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000.0,
             "rounds": int(acc.index.max()) if len(acc) else 0,
             "personal_acc": float(metrics["personal_acc"]),
             "best_personal_acc": float(acc.max()),

@@ -62,26 +62,34 @@ class MemoryStore:
 
 
 class DiskStore:
-    """One .npy file per (client, key): RAM stays flat whatever the number of clients."""
+    """One .npy file per (client, key): RAM stays flat whatever the number of clients.
+
+    An index cid -> keys (a few bytes per client, built by one scan when the store is opened and
+    kept current by commits) lets reads open exact paths instead of globbing a folder per client,
+    whose cost grew with N (186 us per client at N=100,000).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._staging = self.root / "_staging"
+        self._keys = self._scan()
+
+    def _scan(self) -> dict[int, set[str]]:
+        keys: dict[int, set[str]] = {}
+        for folder in self.root.glob("[0-9][0-9][0-9]"):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    cid, _, rest = entry.name.partition(".")
+                    if rest.endswith(".npy") and cid.isdigit():
+                        keys.setdefault(int(cid), set()).add(rest[:-4])
+        return keys
 
     def _file(self, cid: int, key: str, base: Path | None = None) -> Path:
         return (base or self.root) / f"{cid % 1000:03d}" / f"{cid}.{key}.npy"
 
     def get(self, cid: int) -> State:
-        folder = self.root / f"{cid % 1000:03d}"
-        if not folder.exists():
-            return {}
-        prefix = f"{cid}."
-        out = {}
-        for path in folder.glob(f"{cid}.*.npy"):
-            key = path.name[len(prefix) : -4]
-            out[key] = np.load(path, allow_pickle=False)
-        return out
+        return {key: np.load(self._file(cid, key), allow_pickle=False) for key in sorted(self._keys.get(cid, ()))}
 
     def get_many(self, cids: Iterable[int]) -> dict[int, State]:
         return {c: self.get(c) for c in cids}
@@ -115,6 +123,7 @@ class DiskStore:
             shutil.rmtree(self._staging)
 
     def _apply(self) -> None:
+        """Move staged files into place (idempotent: a redo after a crash finds some already moved)."""
         manifest = json.loads((self._staging / "manifest.json").read_text())["entries"]
         kept: dict[int, set[str]] = {}
         for cid, key in manifest:
@@ -126,16 +135,17 @@ class DiskStore:
                 if staged.exists():
                     os.replace(staged, target)
             else:
-                for old in (self.root / f"{cid % 1000:03d}").glob(f"{cid}.*.npy"):
-                    if old.name[len(str(cid)) + 1 : -4] not in kept.get(cid, set()):
-                        old.unlink()
+                new_keys = kept.get(cid, set())
+                for stale in self._keys.get(cid, set()) - new_keys:
+                    self._file(cid, stale).unlink(missing_ok=True)
+                self._keys[cid] = new_keys
         shutil.rmtree(self._staging)
 
     def __len__(self) -> int:
-        return sum(1 for _ in {p.name.split(".")[0] for p in self.root.glob("[0-9][0-9][0-9]/*.npy")})
+        return sum(1 for keys in self._keys.values() if keys)
 
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("[0-9][0-9][0-9]/*.npy"))
+        return sum(self._file(c, k).stat().st_size for c, keys in self._keys.items() for k in keys)
 
 
 def make_store(backend: str, path: str | Path | None) -> MemoryStore | DiskStore:

@@ -32,7 +32,7 @@ def test_reused_actors_give_the_numbers_of_fresh_actors(tmp_path, ray_session):
         cache.clear()
     assert len(cache) == 0
     fresh = [run(small_config(tmp_path / f"f{i}", *common, *s), progress=False) for i, s in enumerate(specs)]
-    for a, b in zip(reused, fresh):
+    for a, b in zip(reused, fresh, strict=True):
         assert metrics_history(a) == metrics_history(b)
         np.testing.assert_array_equal(a.global_vec, b.global_vec)
 

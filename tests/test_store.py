@@ -92,3 +92,27 @@ def test_disk_store_ram_does_not_grow_with_clients(tmp_path):
     assert len(store) == 10_000
     assert store.nbytes() >= 10_000 * vec.nbytes
     assert (after - before) * 1024 < 200e6  # peak RSS grew by far less than the 1 GB written
+
+
+def test_disk_store_reads_exact_paths_from_its_index(tmp_path, monkeypatch):
+    """Reads must not glob a folder per client (its cost grew with N); the index built at open
+    and kept by commits says which keys each client has, also after a reopen and a redo."""
+    store = DiskStore(tmp_path / "s")
+    store.commit({c: {"theta": np.full(4, float(c)), "head.w": np.ones(2)} for c in (5, 1005, 7)}, round=0)
+    store.commit({1005: {"theta": np.zeros(4)}}, round=1)  # 1005 drops head.w
+    confirmed = []
+    with pytest.raises(KeyboardInterrupt):  # crash after the checkpoint confirmed round 2
+        store.commit({7: {"other": np.ones(1)}}, round=2,
+                     mark_done=lambda: (confirmed.append(1), (_ for _ in ()).throw(KeyboardInterrupt)))
+    reopened = DiskStore(tmp_path / "s")
+    reopened.recover(committed_round=2)
+
+    def no_glob(*args, **kwargs):
+        raise AssertionError("DiskStore.get globbed")
+
+    monkeypatch.setattr(type(reopened.root), "glob", no_glob)
+    assert set(reopened.get(5)) == {"theta", "head.w"} and set(reopened.get(1005)) == {"theta"}
+    assert set(reopened.get(7)) == {"other"}  # the redo replaced 7's keys
+    np.testing.assert_array_equal(reopened.get(5)["theta"], np.full(4, 5.0))
+    assert reopened.get(123) == {} and len(reopened) == 3
+    assert sorted(p.name for p in (tmp_path / "s" / "007").iterdir()) == ["7.other.npy"]
