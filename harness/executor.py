@@ -65,10 +65,18 @@ class ActorCache:
         self._lock = threading.Lock()
 
     def take(self, key: tuple[float, float], count: int) -> list[Any]:
+        """Up to `count` idle actors with these resources. Idle actors of other shapes are killed:
+        they hold CPUs/GPUs that the caller's fresh actors may need (else they would wait forever)."""
         with self._lock:
-            idle = self._idle[key]
-            taken, self._idle[key] = idle[:count], idle[count:]
-            return taken
+            idle = self._idle.pop(key, [])
+            taken, rest = idle[:count], idle[count:]
+            others = [a for actors in self._idle.values() for a in actors]
+            self._idle.clear()
+            if rest:
+                self._idle[key] = rest
+        for actor in others:
+            ray.kill(actor)
+        return taken
 
     def give(self, key: tuple[float, float], actors: list[Any]) -> None:
         with self._lock:

@@ -51,3 +51,22 @@ def test_a_dead_cached_actor_is_replaced(tmp_path, ray_session):
         assert len(cache) == 1
     finally:
         cache.clear()
+
+
+def test_idle_actors_of_another_shape_are_killed_to_free_their_cpus(tmp_path, ray_session):
+    """Two idle 1-CPU actors fill the 2-CPU test cluster; a run asking for 0.5-CPU actors must not
+    wait forever for CPUs that idle actors hold."""
+    import time
+
+    cache = ActorCache()
+    cfg = small_config(tmp_path, "workers.use_ray=true", "workers.num_workers=2", "rounds=1")
+    try:
+        run(cfg, progress=False, executor_factory=lambda c, d: make_executor(c, d, cache=cache))
+        assert len(cache) == 2
+        assert cache.take((0.5, 0.0), 2) == [] and len(cache) == 0
+        deadline = time.time() + 30
+        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert ray.available_resources().get("CPU", 0) == 2
+    finally:
+        cache.clear()
