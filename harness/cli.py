@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedharness: interrupted; completed rounds are checkpointed (see `fedharness resume`)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fedharness algorithms | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _delegate(command: str, argv: list[str]) -> int:
@@ -137,16 +140,39 @@ def cmd_validate(args) -> int:
 def cmd_algorithms(args) -> int:
     from algorithms import registry
 
+    if args.markdown:
+        print(algorithms_markdown())
+        return 0
     for name in registry.names():
         cls = registry.get(name)
-        print(f"{name}  —  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        print(f"{name}  —  {_summary(cls)}")
         if cls.source:
             print(f"    defaults from: {cls.source}")
         for field, info in cls.Params.model_fields.items():
             print(f"    {field} = {info.default!r}    {info.description or ''}")
         if not cls.Params.model_fields:
             print("    (no hyperparameters)")
+        if not cls.has_global_model:
+            print("    global model: none (global_* metrics are NaN)")
     return 0
+
+
+def _summary(cls) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def algorithms_markdown() -> str:
+    """One table row per algorithm: name, summary, hyperparameters = defaults, their source."""
+    from algorithms import registry
+
+    rows = ["| algorithm | what it does | hyperparameters (defaults) | defaults from | global model |",
+            "|---|---|---|---|---|"]
+    for name in registry.names():
+        cls = registry.get(name)
+        params = ", ".join(f"`{f}={info.default!r}`" for f, info in cls.Params.model_fields.items()) or "—"
+        cells = [f"`{name}`", _summary(cls), params, cls.source or "—", "yes" if cls.has_global_model else "no"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,16 @@ def test_cli_lists_every_algorithm_with_defaults():
     for name in registry.names():
         assert f"\n{name}  —" in "\n" + proc.stdout
     assert "finetune_epochs = 0" in proc.stdout
+
+
+def test_cli_markdown_table_has_one_row_per_algorithm():
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "algorithms", "--markdown"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("| algorithm |") and len(lines) == 2 + len(registry.names())
+    rows = {line.split("|")[1].strip(" `"): line for line in lines[2:]}
+    assert set(rows) == set(registry.names())
+    assert "`finetune_epochs=0`" in rows["fedavg"] and rows["fedavg"].rstrip(" |").endswith("yes")
+    assert rows["fedper"].rstrip(" |").endswith("no") and rows["local"].rstrip(" |").endswith("no")
+    assert all(line.count(" | ") == 4 for line in lines[2:])  # no cell broke the table
