@@ -61,11 +61,11 @@ WORKLOADS = {
 }
 
 
-def make_config(w: dict, tmp: Path, rounds: int):
+def make_config(w: dict, tmp: Path, rounds: int, workers: int = 2):
     return common.run_config(tmp, num_clients=w["clients"], clients_per_round=w["per_round"], rounds=rounds,
                              algorithm="fedavg", model=w["model"], model_options=w["options"], scheme=w["scheme"],
                              min_samples=10, local_epochs=w["epochs"], batch_size=w["batch"],
-                             data_source=w.get("data"))
+                             data_source=w.get("data"), workers=workers)
 
 
 def sampled_clients(cfg, data, rounds: int) -> list[list[int]]:
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         prepared, phases = {}, {}
         for name in args.workloads:
             w = WORKLOADS[name]
-            cfg = make_config(w, tmp / name, measured)
+            cfg = make_config(w, tmp / name, measured, args.workers)
             data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
             algo, _, vec = build_algorithm(cfg, data)
             rounds = sampled_clients(cfg, data, measured)
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "compute limit and Flower hold the images with the strides the harness's Ray workers get (a C-order copy), "
         "so all three run the same PyTorch kernels (see same_layout_as_workers).",
         "harness overhead % = 1 - harness/compute: framework cost (Ray calls, serialisation, scheduling, batches "
-        "normalised on the fly, load imbalance between the 2 workers, aggregation, checkpoint).",
+        "normalised on the fly, load imbalance between the workers, aggregation, checkpoint).",
         f"{args.repeats} interleaved repetition(s) of {args.rounds} measured rounds; timings taken while other jobs "
         "shared the machine are noisy: read ratios within one run.",
     ]
