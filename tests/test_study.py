@@ -202,7 +202,8 @@ def _wait_mid_study(proc: subprocess.Popen, uri: str, experiment: str, timeout: 
 def _kill_spec(tmp_path: Path) -> Path:
     spec = tmp_path / "kill.yaml"
     spec.write_text(TINY.read_text().replace("name: tiny", "name: kill")
-                    .replace("rounds: 3", "rounds: 15").replace("algorithm.name: [fedavg, local]",
+                    # long enough that the poller sees a cell mid-way (15 rounds took 0.7 s: missed it)
+                    .replace("rounds: 3", "rounds: 80").replace("algorithm.name: [fedavg, local]",
                                                                  "algorithm.name: [fedavg]")
                     .replace("seed: [0, 1]", "seed: [0, 1, 2]"))
     return spec
