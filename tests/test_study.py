@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -181,30 +182,33 @@ def _start_study(tmp_path: Path, spec: Path, extra: list[str], uri: str) -> subp
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_mid_study(proc: subprocess.Popen, uri: str, experiment: str, timeout: float = 120) -> None:
-    """Until >= 1 cell is FINISHED and another has logged >= 2 rounds (so it has a checkpoint)."""
+KILL_ROUNDS = 80  # long enough for a cell to be seen mid-way
+
+
+def _wait_mid_study(proc: subprocess.Popen, ckpt: Path, rounds: int = KILL_ROUNDS, timeout: float = 120) -> None:
+    """Until one cell has checkpointed its last round and another is mid-way (>= 2 rounds done,
+    >= 2 to go). Reads the small checkpoint files every 20 ms: polling MLflow took up to a second
+    per look, and a fast study could finish between two looks."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.2)
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            continue
-        runs = client.search_runs([exp.experiment_id])
-        running = [r for r in runs if r.info.status == "RUNNING"]
-        if any(r.info.status == "FINISHED" for r in runs) and running and \
-                len(client.get_metric_history(running[0].info.run_id, "personal_acc")) >= 2:
+        done = []
+        for meta in ckpt.glob("*/meta.json"):
+            try:
+                done.append(json.loads(meta.read_text())["done_round"])
+            except (json.JSONDecodeError, OSError):
+                pass  # being replaced right now
+        if rounds - 1 in done and any(1 <= d <= rounds - 3 for d in done):
             return
+        time.sleep(0.02)
     raise AssertionError("the study did not reach the middle in time")
 
 
 def _kill_spec(tmp_path: Path) -> Path:
     spec = tmp_path / "kill.yaml"
     spec.write_text(TINY.read_text().replace("name: tiny", "name: kill")
-                    # long enough that the poller sees a cell mid-way (15 rounds took 0.7 s: missed it)
-                    .replace("rounds: 3", "rounds: 80").replace("algorithm.name: [fedavg, local]",
-                                                                 "algorithm.name: [fedavg]")
+                    .replace("rounds: 3", f"rounds: {KILL_ROUNDS}")
+                    .replace("algorithm.name: [fedavg, local]", "algorithm.name: [fedavg]")
                     .replace("seed: [0, 1]", "seed: [0, 1, 2]"))
     return spec
 
@@ -216,7 +220,7 @@ def test_hard_killed_study_reruns_only_missing_cells_and_resumes_the_cut_one(tmp
     spec = _kill_spec(tmp_path)
     proc = _start_study(tmp_path, spec, extra, uri)
     try:
-        _wait_mid_study(proc, uri, "kill")
+        _wait_mid_study(proc, tmp_path / "ckpt")
         proc.send_signal(signal.SIGKILL)  # no chance to clean up: its run stays RUNNING
     finally:
         proc.wait(timeout=30)
@@ -248,7 +252,7 @@ def test_ctrl_c_keeps_finished_runs_and_rerun_can_start_the_cut_cell_afresh(tmp_
     spec = _kill_spec(tmp_path)
     proc = _start_study(tmp_path, spec, extra, uri)
     try:
-        _wait_mid_study(proc, uri, "kill")
+        _wait_mid_study(proc, tmp_path / "ckpt")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
