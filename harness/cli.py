@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     if getattr(args, "quiet", False):
         os.environ["FEDHARNESS_QUIET"] = "1"
+    from harness import interrupts
+
+    interrupts.install()
     try:
         return {"run": cmd_run, "resume": cmd_resume, "algorithms": cmd_algorithms,
                 "validate": cmd_validate}[args.command](args)

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from algorithms.base import ClientJob, ClientUpdate
+from harness import interrupts
 from harness.budgets import DeviceProfiles, VirtualClock
 from harness.config import RunConfig, validate
 from harness.evaluation import evaluation_metrics
@@ -248,6 +249,7 @@ class Engine:
                 self._write_checkpoint(-1)  # resumable even if the first round never finishes
             clients = None
             for rnd in range(self.start_round, cfg.rounds):
+                interrupts.check()  # a Ctrl-C whose KeyboardInterrupt something swallowed
                 t0 = time.perf_counter()
                 metrics = self._train_round(rnd, executor)
                 last = rnd == cfg.rounds - 1

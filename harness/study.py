@@ -427,6 +427,9 @@ class StudyRunner:
         return make_executor(cfg, data, cache=self._actors)
 
     def _run_cell(self, cell: Cell) -> None:
+        from harness import interrupts
+
+        interrupts.check()
         self._threads[cell.index] = threading.get_ident()
         self.bar.start(cell)
         t0 = time.perf_counter()
@@ -557,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.quiet:
         os.environ["FEDHARNESS_QUIET"] = "1"
+    from harness import interrupts
+
+    interrupts.install()
     if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     study = load_study(args.spec, args.overrides, tracking_uri=args.tracking_uri, parallel_cells=args.parallel)

@@ -179,3 +179,35 @@ def test_a_run_that_dies_in_round_1_is_resumable(tmp_path):
     resumed = resume(meta_path.parent.name, cfg.checkpoint_dir, progress=False)
     whole = run(small_config(tmp_path / "whole", "rounds=2"), progress=False)
     assert _metrics(resumed) == _metrics(whole)
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run_at_the_next_round(tmp_path):
+    """The SIGINT handler records the request; even if its KeyboardInterrupt is swallowed (here by
+    the executor), the engine stops at the next round, the run ends KILLED and stays resumable."""
+    from harness import interrupts
+
+    class SwallowsCtrlC(InProcessExecutor):
+        train_calls = 0
+
+        def map(self, method, batches):
+            SwallowsCtrlC.train_calls += method == "train"
+            if method == "train" and SwallowsCtrlC.train_calls == 2:  # during round 2
+                try:
+                    interrupts._handler(signal.SIGINT, None)  # what Ctrl-C runs
+                except KeyboardInterrupt:
+                    pass  # a library that catches too broadly
+            return super().map(method, batches)
+
+    cfg = small_config(tmp_path, "tracking.enabled=true", "rounds=5")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, progress=False, executor_factory=SwallowsCtrlC)
+    finally:
+        interrupts.reset()
+    (meta_path,) = Path(cfg.checkpoint_dir).glob("*/meta.json")
+    run_id = meta_path.parent.name
+    assert json.loads(meta_path.read_text())["done_round"] == 1  # round 2 finished, round 3 never started
+    assert MlflowClient(cfg.tracking.uri).get_run(run_id).info.status == "KILLED"
+    resumed = resume(run_id, cfg.checkpoint_dir, progress=False)
+    whole = run(small_config(tmp_path / "whole", "tracking.enabled=true", "rounds=5"), progress=False)
+    assert metrics_history(resumed) == metrics_history(whole)
