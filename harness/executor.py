@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from harness.allocator import keep_freed_memory
 from harness.config import RunConfig
 from harness.worker import Worker
 from partitions.federated import FederatedDataset
@@ -34,6 +35,18 @@ class InProcessExecutor:
 
     def shutdown(self) -> None:
         self.workers = []
+
+
+class ActorWorker(Worker):
+    """The Worker of a Ray actor process: it first fixes the allocator's thresholds, without which
+    the actor trained ~13% slower than the same code in the driver (harness/allocator.py)."""
+
+    def __init__(self, config: dict, data: FederatedDataset, num_threads: int = 1):
+        self.allocator_tuned = keep_freed_memory()
+        super().__init__(config, data, num_threads)
+
+    def process_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "device": str(self.trainer.device), "allocator_tuned": self.allocator_tuned}
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -102,7 +115,7 @@ class RayExecutor:
         self.num_workers = cfg.workers.num_workers
         self._key = (float(cfg.workers.num_cpus), float(cfg.workers.num_gpus))
         self._data_ref = ray.put(data)
-        self._remote = ray.remote(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)(Worker)
+        self._remote = ray.remote(num_cpus=cfg.workers.num_cpus, num_gpus=cfg.workers.num_gpus)(ActorWorker)
         self.retries = 0
         reused = cache.take(self._key, self.num_workers) if cache is not None else []
         fresh = [self._new_actor() for _ in range(self.num_workers - len(reused))]

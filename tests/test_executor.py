@@ -70,3 +70,18 @@ def test_idle_actors_of_another_shape_are_killed_to_free_their_cpus(tmp_path, ra
         assert ray.available_resources().get("CPU", 0) == 2
     finally:
         cache.clear()
+
+
+def test_ray_actors_run_with_the_allocator_fix(tmp_path, ray_session):
+    import sys
+
+    cfg = small_config(tmp_path, "workers.use_ray=true", "workers.num_workers=2", "rounds=1")
+    from partitions import build_federated_dataset
+
+    executor = make_executor(cfg, build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
+    try:
+        infos = ray.get([a.process_info.remote() for a in executor.actors])
+    finally:
+        executor.shutdown()
+    assert len({i["pid"] for i in infos}) == 2
+    assert all(i["allocator_tuned"] == sys.platform.startswith("linux") for i in infos)
