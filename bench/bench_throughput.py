@@ -122,11 +122,13 @@ _PLAIN: dict[str, Any] = {}
 def _plain_init(cfg_json: str) -> None:
     import torch
 
+    from harness.allocator import keep_freed_memory
     from harness.config import validate
     from harness.models import build_model
     from partitions import build_federated_dataset
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # the harness's actors have it; the limit must not lose to them on page faults
     common.mnist_source()
     cfg = validate(json.loads(cfg_json))
     data = same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
@@ -207,12 +209,14 @@ def _flower_trainer(cfg_path: str):
     if "trainer" not in _FLOWER:
         import torch
 
+        from harness.allocator import keep_freed_memory
         from harness.config import validate
         from harness.training import LocalTrainer
         from harness.worker import build_algorithm
         from partitions import build_federated_dataset
 
         torch.set_num_threads(1)
+        keep_freed_memory()  # as the harness's actors do: only the frameworks differ
         common.mnist_source()
         cfg = validate(json.loads(Path(cfg_path).read_text()))
         data = same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
@@ -453,13 +457,16 @@ def main(argv: list[str] | None = None) -> int:
         "compute limit: plain PyTorch loop (batches normalised on the fly, SGD with momentum, same data order) in "
         f"{args.workers} processes x 1 torch thread, clients split longest-first by sample count; round = slower "
         "process's loop time (no communication, no aggregation, no state store).",
-        "harness: real engine, FedAvg, 2 Ray actors x 1 CPU, torch threads 1, memory store, tracking off, no "
-        "evaluation; round = start of a round to start of the next (includes aggregation, commit, checkpoint).",
+        f"harness: real engine, FedAvg, {args.workers} Ray actor(s) x 1 CPU, torch threads 1, memory store, "
+        "tracking off, no evaluation; round = start of a round to start of the next (includes aggregation, "
+        "commit, checkpoint).",
         "Flower: run_simulation with the Ray backend, FedAvg, actors x 1 CPU; its client trains with the harness's "
         "LocalTrainer (identical computation), receives the harness's sampled clients, caches data/model per "
         "actor process; round = configure_fit to the next configure_fit.",
         "compute limit and Flower hold the images with the strides the harness's Ray workers get (a C-order copy), "
         "so all three run the same PyTorch kernels (see same_layout_as_workers).",
+        "all three set the allocator thresholds of harness/allocator.py (the harness's actors do since 2026-12-01), "
+        "so none of them pays page faults on freed activations that the others do not.",
         "harness overhead % = 1 - harness/compute: framework cost (Ray calls, serialisation, scheduling, batches "
         "normalised on the fly, load imbalance between the workers, aggregation, checkpoint).",
         f"{args.repeats} interleaved repetition(s) of {args.rounds} measured rounds; timings taken while other jobs "
