@@ -108,9 +108,8 @@ def _per_round(calls: list[float], rounds: int) -> list[float]:
 def same_layout_as_workers(data):
     """The image array with the strides the harness's Ray workers see (a canonical C-order copy,
     as Ray's object store delivers it). Built in-process, `x[:, None]` leaves a 0 stride on the
-    channel axis; a batch indexed from it then looks channels-last to PyTorch, which picks other
-    (on one CPU thread ~1.4x faster) conv/max-pool kernels. Same layout = same kernels = the
-    comparison isolates the framework. (Channels-last for the harness is a proposed fix.)"""
+    channel axis. Since LocalTrainer copies every conv batch into explicit NHWC strides the source
+    strides no longer pick the kernels; the copy keeps the three ways' inputs identical anyway."""
     data.x = data.x.copy()
     return data
 
@@ -125,6 +124,7 @@ def _plain_init(cfg_json: str) -> None:
     from harness.allocator import keep_freed_memory
     from harness.config import validate
     from harness.models import build_model
+    from harness.training import channels_last_pays
     from partitions import build_federated_dataset
 
     torch.set_num_threads(1)
@@ -134,8 +134,13 @@ def _plain_init(cfg_json: str) -> None:
     data = same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
     mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, *([1] * (data.x.ndim - 2)))
     std = torch.tensor(data.std, dtype=torch.float32).view_as(mean)
-    _PLAIN.update(cfg=cfg, data=data, mean=mean, std=std, y=torch.from_numpy(data.y),
-                  model=build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.options))
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.options)
+    # the layout the harness's LocalTrainer picks (channels-last for conv models on the CPU)
+    channels_last = channels_last_pays(model, torch.device("cpu"), tuple(data.input_shape))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    _PLAIN.update(cfg=cfg, data=data, mean=mean, std=std, y=torch.from_numpy(data.y), model=model,
+                  channels_last=channels_last)
 
 
 def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
@@ -147,7 +152,8 @@ def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
     from harness.rng import rng
 
     rnd, cids, global_vec = task
-    cfg, data, y_all, model, mean, std = (_PLAIN[k] for k in ("cfg", "data", "y", "model", "mean", "std"))
+    cfg, data, y_all, model, mean, std, channels_last = (
+        _PLAIN[k] for k in ("cfg", "data", "y", "model", "mean", "std", "channels_last"))
     bs, steps = cfg.train.batch_size, 0
     start = torch.from_numpy(global_vec)
     params = list(model.parameters())
@@ -166,11 +172,12 @@ def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
             order = index[gen.permutation(len(index))]
             for lo in range(0, len(order), bs):
                 batch = order[lo : lo + bs]
-                # scaled and normalised per batch, as one would from a uint8 array; the broadcast
-                # result is channels-last for 1-channel images (8x faster max-pool on one thread)
+                # scaled and normalised per batch, as one would from a uint8 array, in the trainer's layout
                 xb = torch.from_numpy(data.x[batch])
-                xb = (xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb) - mean
-                loss = F.cross_entropy(model(xb / std), y_all[torch.from_numpy(batch)])
+                xb = ((xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb) - mean) / std
+                if channels_last:
+                    xb = torch.empty(xb.shape, memory_format=torch.channels_last).copy_(xb)
+                loss = F.cross_entropy(model(xb), y_all[torch.from_numpy(batch)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -23,10 +23,14 @@ class RoundProgress:
         if self.bar is None:
             return
         self.acc = metrics.get("personal_acc", self.acc)
-        self.bar.set_postfix(acc=f"{self.acc:.3f}", loss=f"{metrics.get('train_loss', float('nan')):.3f}",
-                             refresh=False)
+        self.bar.set_postfix(acc=_fmt(self.acc), loss=_fmt(metrics.get("train_loss", float("nan"))), refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _fmt(value: float) -> str:
+    """3 decimals; a dash before the first evaluation (or where no value exists) rather than 'nan'."""
+    return "—" if value != value else f"{value:.3f}"
