@@ -147,7 +147,6 @@ def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
     """Train the given clients one after another from the global vector; (seconds, steps)."""
     import torch
     import torch.nn.functional as F
-    from torch.nn.utils import parameters_to_vector
 
     from harness.rng import rng
 
@@ -182,7 +181,7 @@ def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
                 loss.backward()
                 opt.step()
                 steps += 1
-        parameters_to_vector(model.parameters()).detach().numpy().copy()
+        torch.cat([p.detach().reshape(-1) for p in params]).numpy().copy()  # the upload (any layout)
     return time.perf_counter() - t, steps
 
 
