@@ -39,7 +39,7 @@ class InProcessExecutor:
 
 class ActorWorker(Worker):
     """The Worker of a Ray actor process: it first fixes the allocator's thresholds, without which
-    the actor trained ~13% slower than the same code in the driver (harness/allocator.py)."""
+    the actor trained ~20% slower than the same code in the driver (harness/allocator.py)."""
 
     def __init__(self, config: dict, data: FederatedDataset, num_threads: int = 1):
         self.allocator_tuned = keep_freed_memory()
