@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import ray
 
 from harness.engine import run
 from harness.executor import ActorCache, make_executor
+from partitions import build_federated_dataset
 from tests.conftest import metrics_history, small_config
 
 
@@ -73,11 +76,7 @@ def test_idle_actors_of_another_shape_are_killed_to_free_their_cpus(tmp_path, ra
 
 
 def test_ray_actors_run_with_the_allocator_fix(tmp_path, ray_session):
-    import sys
-
     cfg = small_config(tmp_path, "workers.use_ray=true", "workers.num_workers=2", "rounds=1")
-    from partitions import build_federated_dataset
-
     executor = make_executor(cfg, build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
     try:
         infos = ray.get([a.process_info.remote() for a in executor.actors])
