@@ -69,6 +69,9 @@ class ClientUpdate:
     loss: float = float("nan")
     finite: bool = True
     metrics: dict[str, float] = field(default_factory=dict)
+    #: (correct before, correct after local training, test samples) on the client's test split, with
+    #: `eval_sampled` on: FL-bench's accuracy_test_before/after of the sampled clients
+    sampled_eval: tuple[int, int, int] | None = None
 
 
 class Algorithm:
@@ -137,6 +140,19 @@ class Algorithm:
         """The client's personalized model, built from the current global model (job.payload['model'])
         and its stored state. Default: the global model."""
         return job.payload["model"]
+
+    def received_vector(self, job: ClientJob, trainer: LocalTrainer) -> np.ndarray:
+        """The model a sampled client starts its local training from (the "before" of the sampled-client
+        evaluation, FL-bench's evaluation between set_parameters and fit). Default: eval_vector."""
+        return self.eval_vector(job, trainer)
+
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer: LocalTrainer) -> np.ndarray:
+        """The client's personalized model right after its local training (the "after" of the sampled-client
+        evaluation). Default: what eval_vector builds from the new state when the server's model is the
+        client's own upload (FedAvg: the trained model; FedPer: trained body + new head; Ditto: new v)."""
+        model = update.upload.get("model")
+        payload = {"model": model} if model is not None else job.payload
+        return self.eval_vector(ClientJob(job.cid, job.round, payload, update.state), trainer)
 
     # ----- helpers for subclasses -------------------------------------------------------------
     def start_vector(self, job: ClientJob) -> np.ndarray:

@@ -85,6 +85,12 @@ class FedALA(Algorithm):
             metrics["ala_weight_mean"] = float(weights.mean())
         return trainer.update(job, upload={"model": vec}, state=state, **metrics)
 
+    def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
+        return self.adaptive_start(job, trainer, purpose="ala")[0]  # exactly the start local_update builds
+
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
+        return update.upload["model"]  # the model the client holds after local training
+
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         start, _ = self.adaptive_start(job, trainer, purpose="ala-eval")
         return start

@@ -56,6 +56,12 @@ class FedBABU(Algorithm):
         trainer.train(job, names=self.body_names)
         return trainer.update(job, upload={"model": trainer.get_vector()}, state={})
 
+    def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
+        return job.payload["model"]  # training starts from the global model; fine-tuning is for evaluation only
+
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
+        return update.upload["model"]  # the model the client holds after local training
+
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         if self.params.finetune_epochs == 0:
             return job.payload["model"]

@@ -133,6 +133,14 @@ def quantile_linear(score: np.ndarray, q: float) -> float:
     return a + (pos - lo) * (b - a)
 
 
+def scheduled_q(round: int, init: float, last: float, rounds: int) -> float:
+    """q of a linear schedule: `init` in round 0, `last` from round `rounds - 1` on (0-based rounds)."""
+    if rounds <= 1:
+        return float(last)
+    frac = min(max(round, 0), rounds - 1) / (rounds - 1)
+    return float(init + (last - init) * frac)
+
+
 def threshold_mask(score: np.ndarray, q: float) -> np.ndarray:
     """The authors' rule: personal where score > quantile_q(score)."""
     if score.size == 0:
@@ -162,6 +170,13 @@ class FedOBPParams(Params):
     selection: Literal["topk", "threshold"] = Field("topk", description=(
         "topk: exactly round((1-q)|C|) elements, ties by lower index (this harness); threshold: the authors' "
         "`score > quantile_q(score)`, fewer under ties"))
+    q_schedule: Literal["fixed", "linear"] = Field("fixed", description=(
+        "fixed: q in every round (the released code); linear: q goes from q_init in round 0 to q_last in round "
+        "q_rounds - 1 and stays there (the IgRatioScheduler carried by the logged runs' config: init 0.0, last "
+        "0.9999, 400 rounds, linear; docs/fedobp.md)"))
+    q_init: float = Field(0.0, ge=0, le=1, description="linear schedule: q in round 0 (logged runs: 0.0)")
+    q_last: float | None = Field(None, ge=0, le=1, description="linear schedule: final q; null = q (logged: 0.9999)")
+    q_rounds: int = Field(400, ge=1, description="linear schedule: rounds to reach q_last (logged: 400)")
     exclude_personal_from_aggregation: bool = Field(False, description=(
         "average each element only over clients that did not keep it personal (false = FedAvg over all "
         "elements, the authors' code)"))
@@ -193,7 +208,7 @@ class FedOBP(Algorithm):
         else:
             self._cand = np.concatenate([np.arange(s.start, s.stop) for s in slots])
         self.num_candidates = sum(s.size for s in slots)
-        self.k = num_personal(self.num_candidates, p.q)
+        self.k = num_personal(self.num_candidates, p.q)  # fixed q; a schedule gives k per round (personal_count)
         # tensors and layers in candidate coordinates (per-tensor normalisation, per-layer logs)
         self._segments, offset, where = [], 0, {}
         for s in slots:
@@ -212,9 +227,21 @@ class FedOBP(Algorithm):
     def candidates_of(self, vec: np.ndarray) -> np.ndarray:
         return vec[self._cand]
 
-    def personalize(self, global_vec: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray | None,
-                                                                          np.ndarray | None]:
-        """(start model, personal mask over the candidates or None, new EMA score or None) of one client.
+    # ----- q per round ----------------------------------------------------------------------------------
+    def q_at(self, round: int) -> float:
+        p = self.params
+        if p.q_schedule == "fixed":
+            return p.q
+        return scheduled_q(round, p.q_init, p.q if p.q_last is None else p.q_last, p.q_rounds)
+
+    def personal_count(self, round: int) -> int:
+        """round((1-q_t)|C|): how many candidates stay personal in this round."""
+        return self.k if self.params.q_schedule == "fixed" else num_personal(self.num_candidates, self.q_at(round))
+
+    def personalize(self, global_vec: np.ndarray, state: State, round: int = 0) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                         np.ndarray | None]:
+        """(start model, personal mask over the candidates or None, new EMA score or None) of one client in
+        `round` (which sets q under a schedule).
 
         A client without a stored theta_k (never uploaded) gets theta_g and no mask."""
         theta = state.get("theta")
@@ -231,14 +258,17 @@ class FedOBP(Algorithm):
                 score = ((1 - p.ema_alpha) * score + p.ema_alpha * prev).astype(np.float32)
             ema = score
         z = normalize(score, p.norm, self._segments)
-        mask = top_k_mask(z, self.k) if p.selection == "topk" else threshold_mask(z, p.q)
+        if p.selection == "topk":
+            mask = top_k_mask(z, self.personal_count(round))
+        else:
+            mask = threshold_mask(z, self.q_at(round))
         start = global_vec.copy()
         start[self._cand] = np.where(mask, t, g)
         return start, mask, ema
 
     # ----- server side -----------------------------------------------------------------------------
     def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
-        start, mask, ema = self.personalize(global_vec, state)
+        start, mask, ema = self.personalize(global_vec, state, round)
         # theta_k stays in the store; the worker puts the new one back (no full model travels to it twice)
         new_state = {key: value for key, value in state.items() if key not in ("theta", "ema", "mask")}
         packed = None
@@ -248,6 +278,7 @@ class FedOBP(Algorithm):
         if ema is not None:
             new_state["ema"] = ema
         self._masks[cid] = packed
+        self._stats["q"] = self.q_at(round)
         self._record(mask, state.get("mask"))
         return {"model": start}, new_state
 
@@ -305,6 +336,7 @@ class FedOBP(Algorithm):
             "fedobp_personal_count": st["count"] / n,
             "fedobp_personal_frac": st["count"] / (n * self.num_candidates),
             "fedobp_first_participation": float(st["first"]),
+            "fedobp_q": float(st.get("q", self.params.q)),
         }
         for (name, a, b), c in zip(self._layers, self._layer_counts, strict=True):
             out[f"fedobp_personal_count/{name}"] = float(c) / n
@@ -322,6 +354,10 @@ class FedOBP(Algorithm):
         model = trainer.get_vector()
         return trainer.update(job, upload={"model": model}, state={**job.state, "theta": model})
 
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
+        return update.state["theta"]  # the full model the client just trained and uploaded
+
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
-        """The start model server_prepare would build now (theta_g for a client that never trained)."""
-        return self.personalize(job.payload["model"], job.state)[0]
+        """The start model server_prepare builds from the stored theta_k and the current theta_g, with the q
+        of the job's round (theta_g for a client that never trained)."""
+        return self.personalize(job.payload["model"], job.state, job.round)[0]

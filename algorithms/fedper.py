@@ -32,6 +32,14 @@ def top_layers_mask(spec: ParamSpec, layers: int) -> np.ndarray:
     return spec.mask(s.name for group in groups[-layers:] for s in group)
 
 
+def bottom_layers_mask(spec: ParamSpec, layers: int) -> np.ndarray:
+    """Element mask of the first `layers` layer groups (from the input side)."""
+    groups = spec.layer_groups()
+    if not 1 <= layers <= len(groups):
+        raise ValueError(f"need 1..{len(groups)} layers for this model, got {layers}")
+    return spec.mask(s.name for group in groups[:layers] for s in group)
+
+
 def mask_names(spec: ParamSpec, mask: np.ndarray) -> list[str]:
     """Names of the tensors whose elements are selected by `mask` (whole tensors only)."""
     return [s.name for s in spec.slots if mask[s.start : s.stop].all()]

@@ -165,6 +165,13 @@ class RunConfig(Strict):
     clients_per_round: int | None = Field(None, ge=1, description="overrides join_ratio")
     join_ratio: float = Field(0.1, gt=0, le=1)
     eval_every: int = Field(1, ge=1)
+    eval_sampled: bool = Field(False, description=(
+        "per round, pooled accuracy of the sampled clients' test splits before local training (the model each "
+        "received) and after it: FL-bench's accuracy_test_before/after (sampled_acc_before/_after)"))
+    eval_finetune_epochs: int = Field(0, ge=0, description=(
+        "at evaluation rounds, also evaluate every client after this many epochs of fine-tuning its "
+        "personalized model on its training split (FL-bench's finetune_epoch; personal_ft_*); stored state "
+        "is never changed"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nan_policy: Literal["drop", "fail"] = Field("drop", description="a client whose loss is NaN/inf")
     checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints with store.backend=memory "

@@ -188,6 +188,7 @@ class Engine:
             results = executor.map("train", [[jobs[c] for c in chunk] for chunk in batch_group])
             updates.extend(u for part in results for u in part)
         updates.sort(key=lambda u: u.cid)
+        updates_all = updates
         trained = len(updates)
         bad = [u.cid for u in updates if not u.finite]
         if bad and self.cfg.nan_policy == "fail":
@@ -215,6 +216,7 @@ class Engine:
         self.totals["bytes_up_total"] += bytes_up
         self.totals["bytes_down_total"] += bytes_down
         return {
+            **_sampled_accuracy(updates_all),
             "train_loss": float(sum(u.loss * u.num_samples for u in kept) / n) if n else float("nan"),
             "clients_sampled": float(len(sampled)), "clients_trained": float(trained),
             "clients_kept": float(len(kept)), "clients_dropped": float(len(plan.dropped_before)),
@@ -336,13 +338,25 @@ def _client_metric_means(updates: list[ClientUpdate]) -> dict[str, float]:
 
 
 
+def _sampled_accuracy(updates: list[ClientUpdate]) -> dict[str, float]:
+    """FL-bench's per-round accuracy_test_before/after: correct / samples pooled over the test splits of every
+    client that trained this round (kept or not), before and after its local training."""
+    rows = [u.sampled_eval for u in updates if u.sampled_eval is not None]
+    total = sum(r[2] for r in rows)
+    if not total:
+        return {}
+    return {"sampled_acc_before": sum(r[0] for r in rows) / total, "sampled_acc_after": sum(r[1] for r in rows) / total}
+
+
 def _final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     """Final = last evaluated round; best_* = max over evaluated rounds (both reported, named)."""
     evaluated = [h for h in history if "personal_acc" in h]
     if not evaluated:
         return {}
     final = {k: v for k, v in evaluated[-1].items() if k != "round"}
-    for key in ("personal_acc", "personal_acc_mean", "personal_acc_worst10", "global_acc"):
+    keys = ["personal_acc", "personal_acc_mean", "personal_acc_worst10", "global_acc"]
+    keys += ["personal_ft_acc"] if "personal_ft_acc" in evaluated[-1] else []
+    for key in keys:
         values = np.array([h[key] for h in evaluated], dtype=np.float64)
         final[f"best_{key}"] = float(np.nanmax(values)) if not np.isnan(values).all() else float("nan")
     final["rounds"] = float(history[-1]["round"])

@@ -4,6 +4,7 @@ personal_acc          total correct / total test samples, each client using its 
 personal_acc_mean     unweighted mean of per-client accuracies
 personal_acc_worst10  mean accuracy of the worst 10% of clients (at least one client)
 global_acc(_mean)     the same for the global model (NaN for algorithms without one: Local, FedPer, ...)
+personal_ft_acc(...)  the personalized model after eval_finetune_epochs of fine-tuning (only when on)
 *_loss                sample-weighted mean cross-entropy
 unseen_* / seen_*     the same restricted to clients that never / do train (when some are unseen)
 """
@@ -25,10 +26,15 @@ def per_client_frame(evals: list[ClientEval]) -> pd.DataFrame:
         "personal_loss_sum": [e.loss for e in rows],
         "global_correct": [e.global_correct for e in rows],
         "global_loss_sum": [e.global_loss for e in rows],
+        "personal_ft_correct": [e.ft_correct for e in rows],
+        "personal_ft_loss_sum": [e.ft_loss for e in rows],
     })
     n = df["test_samples"].clip(lower=1)
     df["personal_acc"] = df["personal_correct"] / n
     df["global_acc"] = df["global_correct"] / n
+    df["personal_ft_acc"] = df["personal_ft_correct"] / n
+    if df["personal_ft_correct"].isna().all():  # fine-tune evaluation off: no columns for it
+        df = df.drop(columns=["personal_ft_correct", "personal_ft_loss_sum", "personal_ft_acc"])
     return df
 
 
@@ -39,7 +45,9 @@ def summarize(df: pd.DataFrame, prefix: str = "") -> dict[str, float]:
     total = float(df["test_samples"].sum())
     k = max(1, int(np.ceil(0.1 * len(df))))
     out = {}
-    for who in ("personal", "global"):
+    for who in ("personal", "global", "personal_ft"):
+        if f"{who}_acc" not in df:
+            continue
         acc = df[f"{who}_acc"].to_numpy(dtype=np.float64)
         # skipna=False: a model that was not evaluated (NaN) must not read as 0 correct
         out[f"{prefix}{who}_acc"] = float(df[f"{who}_correct"].sum(skipna=False)) / total

@@ -327,8 +327,10 @@ class StudyProgress:
 
 
 class StudyRunner:
-    def __init__(self, study: Study, progress: bool = True, resume: bool = True, fail_fast: bool = False):
+    def __init__(self, study: Study, progress: bool = True, resume: bool = True, fail_fast: bool = False,
+                 until_round: int | None = None):
         self.study = study
+        self.until_round = until_round  # breadth first: every cell to this round, then stop (resumable)
         self.progress = progress
         self.resume = resume
         self.fail_fast = fail_fast
@@ -341,7 +343,12 @@ class StudyRunner:
     # -- plan
     def plan(self) -> tuple[list[Cell], dict[int, CellState]]:
         states = cell_states(self.study, resume=self.resume)
-        todo = [c for c in self.study.cells if states[c.index].action != "done"]
+        if self.until_round is not None:
+            for cell in self.study.cells:
+                st = states[cell.index]
+                if st.action == "resume" and _checkpointed_rounds(cell, st.run_id) >= self.until_round:
+                    states[cell.index] = CellState("paused", st.run_id, st.previous)
+        todo = [c for c in self.study.cells if states[c.index].action not in ("done", "paused")]
         return todo, states
 
     # -- run
@@ -349,8 +356,8 @@ class StudyRunner:
         t0 = time.perf_counter()
         study_experiment(self.study)
         todo, self.states = self.plan()
-        self.outcome.skipped = [i for i, s in self.states.items() if s.action == "done"]
-        self.outcome.run_ids = {i: s.run_id for i, s in self.states.items() if s.action == "done"}
+        self.outcome.skipped = [i for i, s in self.states.items() if s.action in ("done", "paused")]
+        self.outcome.run_ids = {i: s.run_id for i, s in self.states.items() if s.action in ("done", "paused")}
         total = len(self.study.cells)
         self.bar = StudyProgress(self.study, total, total - len(todo), self.progress)
         try:
@@ -436,7 +443,7 @@ class StudyRunner:
         engine = None
         try:
             engine, resumed = self._engine(cell, self.states[cell.index])
-            result = engine.loop(executor_factory=self._executor)
+            result = engine.loop(executor_factory=self._executor, stop_after=self.until_round)
         except KeyboardInterrupt:
             self.bar.finish(cell, "KILLED", time.perf_counter() - t0, None)
             raise
@@ -460,6 +467,11 @@ class StudyRunner:
                 pass
         else:
             self.outcome.ran.append(cell.index)
+        if not result.final:  # stopped at --until-round: resumable, not finished
+            evaluated = [h for h in result.history if "personal_acc" in h]
+            self.bar.finish(cell, f"paused@{len(result.history)}", time.perf_counter() - t0,
+                            evaluated[-1]["personal_acc"] if evaluated else None)
+            return
         self.bar.finish(cell, "resumed" if resumed else "FINISHED", time.perf_counter() - t0,
                         result.final.get("personal_acc"))
 
@@ -499,6 +511,15 @@ class StudyRunner:
                 raise
 
 
+def _checkpointed_rounds(cell: Cell, run_id: str | None) -> int:
+    """Rounds a run's checkpoint holds (0 when it has none or it cannot be read)."""
+    path = Path(cell.config.checkpoint_dir) / str(run_id) / "meta.json"
+    try:
+        return int(json.loads(path.read_text())["done_round"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _cluster_capacity() -> tuple[float, float]:
     try:
         import ray
@@ -536,8 +557,9 @@ def _serialize_pyplot() -> None:
     plots.plot_run_curves = locked
 
 
-def run_study(study: Study, progress: bool = True, resume: bool = True, fail_fast: bool = False) -> StudyOutcome:
-    return StudyRunner(study, progress=progress, resume=resume, fail_fast=fail_fast).run()
+def run_study(study: Study, progress: bool = True, resume: bool = True, fail_fast: bool = False,
+              until_round: int | None = None) -> StudyOutcome:
+    return StudyRunner(study, progress=progress, resume=resume, fail_fast=fail_fast, until_round=until_round).run()
 
 
 # ----- CLI ----------------------------------------------------------------------------------------
@@ -551,6 +573,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells and what a run would do, run nothing")
     p.add_argument("--no-resume", action="store_true", help="rerun interrupted cells from scratch")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    p.add_argument("--until-round", type=int, metavar="R",
+                   help="breadth first: take every cell to round R, then stop it (resumable; run again with a "
+                        "larger R, or without the flag, to continue each cell from its checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
     p.add_argument("--no-table", action="store_true", help="skip the leaderboard printed at the end")
     return p
@@ -565,12 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.install()
     if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.until_round is not None and args.until_round < 1:
+        raise ConfigError(f"--until-round must be >= 1, got {args.until_round}")
     study = load_study(args.spec, args.overrides, tracking_uri=args.tracking_uri, parallel_cells=args.parallel)
     if args.dry_run:
         return _print_plan(study, resume=not args.no_resume)
     n = len(study.cells)
     print(f"study {study.name}: {n} cells -> experiment {study.experiment!r} at {study.tracking_uri}", flush=True)
-    outcome = run_study(study, progress=not args.quiet, resume=not args.no_resume, fail_fast=args.fail_fast)
+    outcome = run_study(study, progress=not args.quiet, resume=not args.no_resume, fail_fast=args.fail_fast,
+                        until_round=args.until_round)
     print(f"study {study.name}: {len(outcome.skipped)} already finished, {len(outcome.ran)} run, "
           f"{len(outcome.resumed)} resumed, {len(outcome.failed)} failed, "
           f"{n - len(outcome.skipped) - len(outcome.ran) - len(outcome.resumed) - len(outcome.failed)} not run; "
@@ -581,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedharness: study interrupted; finished runs are kept. Run `fedharness study {args.spec}` again "
               "to complete the missing cells.", file=sys.stderr)
         return 130
-    if not args.no_table and not outcome.failed:
+    if args.until_round is not None:
+        print(f"study {study.name}: cells stop at round {args.until_round}; run again with a larger --until-round "
+              "(or without it) to continue them", flush=True)
+    if not args.no_table and not outcome.failed and args.until_round is None:
         from harness.leaderboard import print_leaderboard
 
         print_leaderboard(study.tracking_uri, study.experiment, study=study.name)

@@ -29,6 +29,8 @@ class ClientEval:
     loss: float
     global_correct: float  # global model (NaN where the algorithm has none)
     global_loss: float
+    ft_correct: float = float("nan")  # personalized model after eval_finetune_epochs of fine-tuning
+    ft_loss: float = float("nan")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -82,9 +84,19 @@ class Worker:
     def train(self, jobs: list[ClientJob]) -> list[ClientUpdate]:
         out = []
         for job in jobs:
-            self.trainer.start(job)
-            out.append(self.algo.local_update(job, self.trainer))
+            before = self._sampled_correct(job, self.algo.received_vector(job, self.trainer)) if self.cfg.eval_sampled \
+                else None
+            self.trainer.start(job)  # after the "before" evaluation: it never counts against the budget
+            update = self.algo.local_update(job, self.trainer)
+            if before is not None:
+                after = self._sampled_correct(job, self.algo.trained_vector(job, update, self.trainer))
+                update.sampled_eval = (before[0], after[0], before[1])
+            out.append(update)
         return out
+
+    def _sampled_correct(self, job: ClientJob, vec: np.ndarray) -> tuple[int, int]:
+        correct, _, n = self.trainer.evaluate(vec, job.cid)
+        return correct, n
 
     def evaluate(self, jobs: list[ClientJob]) -> list[ClientEval]:
         """Personalized and global metrics on each client's test split. The global model is
@@ -100,5 +112,16 @@ class Worker:
                 g_correct, g_loss = correct, loss
             else:
                 g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)
-            out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss))
+            ft_correct, ft_loss = self._finetuned(job, personal) if self.cfg.eval_finetune_epochs else (
+                float("nan"), float("nan"))
+            out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss, ft_correct, ft_loss))
         return out
+
+    def _finetuned(self, job: ClientJob, personal: np.ndarray) -> tuple[float, float]:
+        """FL-bench's fine-tune evaluation: train the personalized model `eval_finetune_epochs` epochs on the
+        client's training split (all parameters, the run's optimizer settings), evaluate, keep nothing."""
+        self.trainer.start(job)
+        self.trainer.set_vector(personal)
+        self.trainer.train(job, epochs=self.cfg.eval_finetune_epochs, purpose="eval-finetune")
+        correct, loss, _ = self.trainer.evaluate(None, job.cid)
+        return float(correct), float(loss)

@@ -324,3 +324,28 @@ def test_parallel_cells_start_only_when_their_cpus_fit(tmp_path, monkeypatch, cp
     for i in range(4):  # the same numbers as in sequence
         assert client.get_run(outcome.run_ids[i]).data.metrics["personal_acc"] == \
             client.get_run(seq.run_ids[i]).data.metrics["personal_acc"]
+
+
+def test_until_round_takes_cells_breadth_first_with_the_numbers_of_an_uninterrupted_study(tmp_path):
+    uri, extra = _paths(tmp_path / "a")
+    spec = _spec(base={**_spec()["base"], "rounds": 4}, grid={"algorithm.name": ["fedavg", "fedper"]})
+    first = run_study(load_study(spec, extra, tracking_uri=uri), progress=False, until_round=2)
+    assert sorted(first.ran) == [0, 1] and not first.failed
+    runs = _runs(uri, "t")
+    assert {r.info.status for r in runs} == {"RUNNING"}  # paused, resumable
+    client = MlflowClient(uri)
+    assert all(len(client.get_metric_history(r.info.run_id, "train_loss")) == 2 for r in runs)
+    same = run_study(load_study(spec, extra, tracking_uri=uri), progress=False, until_round=2)
+    assert sorted(same.skipped) == [0, 1] and not same.ran and not same.resumed  # nothing to do at round 2
+    rest = run_study(load_study(spec, extra, tracking_uri=uri), progress=False)
+    assert sorted(rest.resumed) == [0, 1]
+    runs = _runs(uri, "t")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+    uri_b, extra_b = _paths(tmp_path / "b")
+    whole = run_study(load_study(spec, extra_b, tracking_uri=uri_b), progress=False)
+    for cell_index, run_id in rest.run_ids.items():
+        paused = [m.value for m in client.get_metric_history(run_id, "personal_acc")]
+        straight = [m.value for m in MlflowClient(uri_b).get_metric_history(whole.run_ids[cell_index],
+                                                                           "personal_acc")]
+        assert len(paused) == 4 and paused == straight
