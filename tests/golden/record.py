@@ -1,0 +1,62 @@
+"""Record the golden per-round metrics that tests/test_golden.py compares bit for bit.
+
+The numbers were recorded once, before the architecture redesign (commit 31dad36), so that the
+redesigned engine is held to exactly what the old one computed:
+
+    HF_HUB_OFFLINE=1 python -m tests.golden.record        # rewrites tests/golden/*.json (don't, casually)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ALGORITHMS = ["fedavg", "fedprox", "local", "fedper", "fedrep", "lgfedavg", "fedbabu", "ditto", "apfl", "fedala",
+              "fedrod", "fedobp"]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_jpeg_blob.npz"
+
+
+def quickstart_overrides(algorithm: str, tmp: str) -> list[str]:
+    """The quickstart spec, shortened to 6 rounds, in-process, nothing tracked."""
+    return [f"algorithm.name={algorithm}", "rounds=6", "eval_every=3", "workers.use_ray=false",
+            "tracking.enabled=false", f"checkpoint_dir={tmp}/ckpt", f"partition.cache_dir={tmp}/cache",
+            "eval_sampled=true"]
+
+
+def cifar_overrides(tmp: str) -> list[str]:
+    """FedOBP on the CIFAR-10 copy: the paper spec (avgcnn, 5 epochs -> 1), 20 clients of 3,000 images."""
+    return ["data.source=arrays", f"data.root={CIFAR}", "data.download=false", "data.max_samples=3000",
+            "partition.num_clients=20", "rounds=3", "eval_every=3", "train.local_epochs=1", "workers.use_ray=false",
+            "tracking.enabled=false", f"checkpoint_dir={tmp}/ckpt", f"partition.cache_dir={tmp}/cache",
+            "algorithm.name=fedobp", "algorithm.q=0.999", "algorithm.ema=true", "algorithm.ema_alpha=0.1"]
+
+
+def history(result) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "wall_round_time"} for h in result.history]
+
+
+def main() -> int:
+    import tempfile
+
+    from harness.config import load_config
+    from harness.engine import run
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for algorithm in ALGORITHMS:
+            cfg = load_config(ROOT / "runs" / "quickstart.yaml", quickstart_overrides(algorithm, tmp))
+            out[algorithm] = history(run(cfg, progress=False))
+            print(algorithm, out[algorithm][-1]["personal_acc"], flush=True)
+        (HERE / "quickstart.json").write_text(json.dumps(out, indent=1, allow_nan=True))
+        cfg = load_config(ROOT / "runs" / "paper" / "cifar10_dir0.1.yaml", cifar_overrides(tmp))
+        cifar = history(run(cfg, progress=False))
+        print("cifar10 fedobp", cifar[-1]["personal_acc"], flush=True)
+        (HERE / "cifar10_fedobp.json").write_text(json.dumps(cifar, indent=1, allow_nan=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
