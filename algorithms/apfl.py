@@ -69,14 +69,13 @@ class APFL(Algorithm):
         opt_v = trainer.optimizer(v_params)
         model.train()
         personal_loss, batches = 0.0, 0
-        for x, y in trainer.batches(job, self.ctx.train.local_epochs):
-            if trainer.max_steps is not None and trainer.steps + 2 > trainer.max_steps:
-                break  # a batch costs two passes; do not overrun the step budget
+        # a batch costs two passes (w and v-bar): two steps and twice its samples on the virtual clock
+        for x, y in trainer.batches(job, self.ctx.train.local_epochs, cost=2):
             mixed = {name: alpha * v[name] + (1 - alpha) * p.detach() for name, p in w.items()}
             loss_bar = F.cross_entropy(functional_call(model, {**buffers, **mixed}, (x,)), y)
             loss_w = F.cross_entropy(model(x), y)
             if not trainer.record_loss(loss_w) or not math.isfinite(float(loss_bar.detach())):
-                trainer.finite = False
+                trainer.mark_nonfinite()
                 break
             opt_w.zero_grad(set_to_none=True)
             opt_v.zero_grad(set_to_none=True)
@@ -89,8 +88,6 @@ class APFL(Algorithm):
                     alpha.sub_(alpha_lr * alpha.grad).clamp_(0.0, 1.0)
             personal_loss += float(loss_bar.detach())
             batches += 1
-            trainer.steps += 1  # the v-bar pass
-            trainer.samples += len(y)
         state = {"v": self._vector(v), "alpha": np.array([float(alpha.detach())], dtype=np.float32)}
         return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=float(alpha.detach()),
                               personal_loss=personal_loss / batches if batches else float("nan"))

@@ -2,34 +2,40 @@
 
 An algorithm has two halves that never share Python state:
 
-* server side (runs in the driver): `server_prepare` builds what a sampled client receives,
-  `aggregate` turns the round's uploads into the next global model;
-* client side (runs inside a Ray worker): `local_update` trains one virtual client,
-  `eval_vector` gives the client's personalized model for evaluation.
+* server side (runs in the driver): `server_prepare` decides what a sampled client receives (a
+  Dispatch: payload, state, and a server-side note), `aggregate` turns the round's uploads (and
+  the round's notes) into the next global model, `round_metrics` reports on the round from them;
+* client side (runs inside a Ray worker): `local_update` trains one virtual client through the
+  trainer API (protocol.trainer.Trainer), `eval_vector` gives its personalized model.
 
 Everything that must survive between rounds for one client (a personal head, FedALA's
 weights, FedOBP's stored theta_k, Ditto's personal model) is a dict of numpy arrays that the
 engine keeps in the client-state store and hands back the next time. Models are flat float32
-vectors (see harness.params). Adding an algorithm means writing one module with a subclass
-and `@register`; the engine does not change.
+vectors (see protocol.params). Adding an algorithm means writing one module with a subclass
+and `@register` (in this package, or in a plugin module of your own); the engine does not change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from protocol.messages import ClientJob, ClientUpdate, Dispatch, State
+
 if TYPE_CHECKING:
     from torch import nn
 
-    from harness.config import TrainSpec
-    from harness.params import ParamSpec
-    from harness.training import LocalTrainer
+    from protocol.params import ParamSpec
+    from protocol.specs import TrainSpec
+    from protocol.trainer import Trainer
 
-State = dict[str, np.ndarray]
+__all__ = ["AlgoContext", "Algorithm", "ClientJob", "ClientUpdate", "Dispatch", "Notes", "Params", "State"]
+
+#: this round's server-side notes, by client id (what each `server_prepare` returned as Dispatch.note)
+Notes = dict[int, dict]
 
 
 class Params(BaseModel):
@@ -45,33 +51,6 @@ class AlgoContext:
     num_clients: int
     num_classes: int
     seed: int
-
-
-@dataclass
-class ClientJob:
-    """One virtual client's work order for one round (or one evaluation)."""
-
-    cid: int
-    round: int
-    payload: State
-    state: State
-    max_steps: int | None = None  # from the compute budget; None = the full local work
-
-
-@dataclass
-class ClientUpdate:
-    cid: int
-    num_samples: int  # local training-set size: the FedAvg weight
-    upload: State
-    state: State
-    steps: int = 0
-    samples_processed: int = 0
-    loss: float = float("nan")
-    finite: bool = True
-    metrics: dict[str, float] = field(default_factory=dict)
-    #: (correct before, correct after local training, test samples) on the client's test split, with
-    #: `eval_sampled` on: FL-bench's accuracy_test_before/after of the sampled clients
-    sampled_eval: tuple[int, int, int] | None = None
 
 
 class Algorithm:
@@ -95,17 +74,24 @@ class Algorithm:
         """Wrap or extend the base model (FedRoD adds a personal head). Default: unchanged."""
         return model
 
+    def personal_is_global(self) -> bool:
+        """True where every client's personalized model IS the global one (FedAvg, FedProx): evaluation then
+        reads each test split once and reports the same numbers for both. Default: False (always safe)."""
+        return False
+
     def shared_mask(self) -> np.ndarray:
         """Elements of the flat model that are communicated and averaged. Default: all."""
         return np.ones(self.spec.size, dtype=bool)
 
     # ----- server side ----------------------------------------------------------------------
-    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
-        """(payload sent to the client, possibly updated state). Default: the global model."""
-        return {"model": global_vec}, state
+    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> Dispatch:
+        """What client `cid` receives in `round` (payload), the state that goes with its job, and a
+        server-side note for this round's aggregate/round_metrics. Default: the global model."""
+        return Dispatch({"model": global_vec}, state)
 
-    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
-        """Sample-weighted average of uploaded models over the shared elements (float64, cid order)."""
+    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
+        """Sample-weighted average of uploaded models over the shared elements (float64, cid order).
+        `notes` holds this round's server_prepare notes by client id (None: there are none)."""
         if not updates:
             return global_vec
         total = np.zeros(self.spec.size, dtype=np.float64)
@@ -119,8 +105,17 @@ class Algorithm:
         new[self.shared] = (total / weight)[self.shared].astype(np.float32)
         return new
 
-    def round_metrics(self) -> dict[str, float]:
-        """Server-side metrics of the round just aggregated (e.g. FedOBP's personalized counts)."""
+    def server_state(self) -> State:
+        """What the server side keeps across rounds besides the global model (e.g. FedAvgM's momentum, a
+        server optimizer's moments). The engine checkpoints it and hands it back to `load_server_state` on
+        resume, so a resumed run stays bit-identical. Default: nothing."""
+        return {}
+
+    def load_server_state(self, state: State) -> None:
+        """Restore what `server_state` returned (resume)."""
+
+    def round_metrics(self, notes: Notes) -> dict[str, float]:
+        """Server-side metrics of the round, from its notes (e.g. FedOBP's personalized counts); no side effects."""
         return {}
 
     def bytes_down(self, payload: State) -> int:
@@ -130,23 +125,24 @@ class Algorithm:
         return 4 * int(self.shared.sum()) if "model" in update.upload else 0
 
     # ----- client side (inside a worker) ----------------------------------------------------
-    def local_update(self, job: ClientJob, trainer: LocalTrainer) -> ClientUpdate:
-        """Default: FedAvg's E epochs of SGD from the received model; upload the result."""
+    def local_update(self, job: ClientJob, trainer: Trainer) -> ClientUpdate:
+        """Default: FedAvg's E epochs of SGD from the received model; upload the result (the trainer API,
+        protocol.trainer, is all an algorithm may use of the worker)."""
         trainer.set_vector(job.payload["model"])
         trainer.train(job)
         return trainer.update(job, upload={"model": trainer.get_vector()}, state=job.state)
 
-    def eval_vector(self, job: ClientJob, trainer: LocalTrainer) -> np.ndarray:
+    def eval_vector(self, job: ClientJob, trainer: Trainer) -> np.ndarray:
         """The client's personalized model, built from the current global model (job.payload['model'])
         and its stored state. Default: the global model."""
         return job.payload["model"]
 
-    def received_vector(self, job: ClientJob, trainer: LocalTrainer) -> np.ndarray:
+    def received_vector(self, job: ClientJob, trainer: Trainer) -> np.ndarray:
         """The model a sampled client starts its local training from (the "before" of the sampled-client
         evaluation, FL-bench's evaluation between set_parameters and fit). Default: eval_vector."""
         return self.eval_vector(job, trainer)
 
-    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer: LocalTrainer) -> np.ndarray:
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer: Trainer) -> np.ndarray:
         """The client's personalized model right after its local training (the "after" of the sampled-client
         evaluation). Default: what eval_vector builds from the new state when the server's model is the
         client's own upload (FedAvg: the trained model; FedPer: trained body + new head; Ditto: new v)."""

@@ -22,7 +22,6 @@ authors' equal split. A client that never trained is evaluated with the global m
 from __future__ import annotations
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
@@ -47,26 +46,18 @@ class Ditto(Algorithm):
         global_vec = job.payload["model"]
         # 1. the global update: plain FedAvg local training from w^t
         trainer.set_vector(global_vec)
-        trainer.train(job)
+        g = trainer.train(job)
         upload = trainer.get_vector()
-        global_steps, global_loss = trainer.steps, (trainer.loss_sum, trainer.loss_count)
         # 2. the personal update: F_k(v) + lambda/2 ||v - w^t||^2, from the stored v_k
-        trainer.set_vector(global_vec)
-        anchor = [p.detach().clone() for p in trainer.model.parameters()]
-        trainer.set_vector(job.state.get("v", global_vec))
         lam = self.params.lam
-
-        def prox(model: torch.nn.Module) -> torch.Tensor:
-            return 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
-
+        prox = trainer.proximal(global_vec, lam) if lam > 0 else None
+        trainer.set_vector(job.state.get("v", global_vec))
         epochs = self.ctx.train.local_epochs if self.params.personal_epochs is None else self.params.personal_epochs
-        trainer.train(job, epochs=epochs, extra_loss=prox if lam > 0 else None, purpose="ditto-personal")
+        p = trainer.train(job, epochs=epochs, extra_loss=prox, purpose="ditto-personal")
         personal = trainer.get_vector()
-        count = trainer.loss_count - global_loss[1]
-        personal_loss = (trainer.loss_sum - global_loss[0]) / count if count else float("nan")
-        trainer.loss_sum, trainer.loss_count = global_loss  # train_loss reports the global model, as FedAvg's
-        return trainer.update(job, upload={"model": upload}, state={"v": personal}, personal_loss=personal_loss,
-                              global_steps=float(global_steps), personal_steps=float(trainer.steps - global_steps))
+        # train_loss reports the global model, as FedAvg's
+        return trainer.update(job, upload={"model": upload}, state={"v": personal}, loss=g.mean_loss,
+                              personal_loss=p.mean_loss, global_steps=float(g.steps), personal_steps=float(p.steps))
 
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.state.get("v", job.payload["model"])

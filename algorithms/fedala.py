@@ -42,7 +42,7 @@ from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
 from algorithms.registry import register
-from harness.rng import rng
+from protocol.rng import rng
 
 
 class FedALAParams(Params):
@@ -110,7 +110,7 @@ class FedALA(Algorithm):
 
     def learn_weights(self, job: ClientJob, trainer, global_vec: np.ndarray, local: np.ndarray,
                       weights: np.ndarray, first: bool, purpose: str) -> np.ndarray:
-        index = trainer.data.split_of(job.cid, "train")
+        index = trainer.split_of(job.cid, "train")
         if len(index) == 0:
             return weights
         device, model = trainer.device, trainer.model
@@ -130,18 +130,15 @@ class FedALA(Algorithm):
         model.train()
         gen = rng(trainer.seed, purpose, job.round, job.cid)
         sample = gen.choice(index, size=max(1, int(self.params.rand_percent * len(index))), replace=False)
-        bs, eta = trainer.cfg.batch_size, self.params.eta
+        eta = self.params.eta
         losses: list[float] = []
         try:
             for _ in range(self.params.max_start_epochs if first else 1):
                 total, count = 0.0, 0
-                for start in range(0, len(sample), bs):
-                    if not trainer.budget_left:
-                        return self._flat(w_t)
-                    x, y = trainer.tensors(sample[start : start + bs])
+                for x, y in trainer.batches_from(job, sample):  # in the sampled order, counted, budget-aware
                     loss = F.cross_entropy(model(x), y)
                     if not math.isfinite(float(loss.detach())):
-                        trainer.finite = False
+                        trainer.mark_nonfinite()
                         return self._flat(w_t)
                     for name in self.top_names:
                         params[name].grad = None
@@ -153,8 +150,8 @@ class FedALA(Algorithm):
                             params[name].copy_(local_t[name] + diff_t[name] * w)
                     total += float(loss.detach()) * len(y)
                     count += len(y)
-                    trainer.steps += 1
-                    trainer.samples += len(y)
+                if not trainer.budget_left:
+                    return self._flat(w_t)
                 losses.append(total / count)
                 n = self.params.num_pre_loss
                 if len(losses) > n and float(np.std(losses[-n:])) < self.params.threshold:

@@ -26,6 +26,9 @@ class FedAvg(Algorithm):
     Params = FedAvgParams
     source = "McMahan et al. 2017; fine-tune off by default"
 
+    def personal_is_global(self) -> bool:
+        return self.params.finetune_epochs == 0
+
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         if self.params.finetune_epochs == 0:
             return job.payload["model"]

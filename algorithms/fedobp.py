@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
 from algorithms.registry import register
 
 AUTHORS_CODE = "(uglyghost/FedOBP_CODE src/client/fedobp.py, uglyghost/FedOBP config/defaults_fedobp.yaml)"
@@ -188,7 +188,8 @@ class FedOBP(Algorithm):
 
     State per client: "theta" (float32, the last uploaded model), "ema" (float32 over the candidates,
     only with ema=true), "mask" (np.packbits of the last personal mask over the candidates: for the
-    overlap metric). `round_metrics` reports what this round's `server_prepare` calls selected.
+    overlap metric). Each `server_prepare` returns its client's mask and statistics as the Dispatch note;
+    `aggregate` and `round_metrics` read this round's notes (nothing is kept on the instance).
     """
 
     name = "fedobp"
@@ -220,8 +221,6 @@ class FedOBP(Algorithm):
             inside = [where[s.name] for s in group if s.name in where]
             if inside:
                 self._layers.append((group[0].name.rsplit(".", 1)[0], inside[0][0], inside[-1][1]))
-        self._masks: dict[int, np.ndarray | None] = {}  # this round's packed masks (driver side)
-        self._reset_stats()
 
     # ----- the shared construction: server_prepare and eval_vector --------------------------------------
     def candidates_of(self, vec: np.ndarray) -> np.ndarray:
@@ -267,7 +266,7 @@ class FedOBP(Algorithm):
         return start, mask, ema
 
     # ----- server side -----------------------------------------------------------------------------
-    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
+    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> Dispatch:
         start, mask, ema = self.personalize(global_vec, state, round)
         # theta_k stays in the store; the worker puts the new one back (no full model travels to it twice)
         new_state = {key: value for key, value in state.items() if key not in ("theta", "ema", "mask")}
@@ -277,24 +276,23 @@ class FedOBP(Algorithm):
             new_state["mask"] = packed
         if ema is not None:
             new_state["ema"] = ema
-        self._masks[cid] = packed
-        self._stats["q"] = self.q_at(round)
-        self._record(mask, state.get("mask"))
-        return {"model": start}, new_state
+        note = {"mask": packed, "q": self.q_at(round), **self._mask_stats(mask, state.get("mask"))}
+        return Dispatch({"model": start}, new_state, note)
 
-    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
-        masks, self._masks = self._masks, {}
+    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
+        notes = notes or {}
         if not self.params.exclude_personal_from_aggregation or not updates:
-            return super().aggregate(global_vec, updates)
+            return super().aggregate(global_vec, updates, notes)
         total = np.zeros(self.spec.size, dtype=np.float64)
         weight = np.zeros(self.spec.size, dtype=np.float64)
         for u in sorted(updates, key=lambda u: u.cid):
-            if u.cid not in masks:
-                raise RuntimeError(f"fedobp: no mask for client {u.cid}: aggregate() needs this round's "
-                                   "server_prepare() on the same instance")
+            if u.cid not in notes:
+                raise RuntimeError(f"fedobp: no mask for client {u.cid}: aggregate() needs the notes of this "
+                                   "round's server_prepare()")
             w = np.full(self.spec.size, float(u.num_samples))
-            if masks[u.cid] is not None:
-                personal = np.unpackbits(masks[u.cid], count=self.num_candidates).astype(bool)
+            packed = notes[u.cid]["mask"]
+            if packed is not None:
+                personal = np.unpackbits(packed, count=self.num_candidates).astype(bool)
                 w[self._cand] = np.where(personal, 0.0, float(u.num_samples))
             total += w * u.upload["model"].astype(np.float64)
             weight += w
@@ -304,47 +302,45 @@ class FedOBP(Algorithm):
         return new
 
     # ----- per-round logs ------------------------------------------------------------------------------
-    def _reset_stats(self) -> None:
-        self._stats = {"clients": 0, "first": 0, "count": 0, "with_prev": 0, "overlap": 0.0, "jaccard": 0.0}
-        self._layer_counts = np.zeros(len(self._layers), dtype=np.int64)
-
-    def _record(self, mask: np.ndarray | None, prev_packed: np.ndarray | None) -> None:
-        st = self._stats
-        st["clients"] += 1
+    def _mask_stats(self, mask: np.ndarray | None, prev_packed: np.ndarray | None) -> dict:
+        """One client's share of the round's logs: personal count, per layer, overlap with its last mask."""
         if mask is None:
-            st["first"] += 1
-            return
-        count = int(np.count_nonzero(mask))
-        st["count"] += count
-        for i, (_, a, b) in enumerate(self._layers):
-            self._layer_counts[i] += np.count_nonzero(mask[a:b])
+            return {"first": True}
+        stats = {"first": False, "count": int(np.count_nonzero(mask)),
+                 "layers": [int(np.count_nonzero(mask[a:b])) for _, a, b in self._layers]}
         if prev_packed is not None and prev_packed.size == (self.num_candidates + 7) // 8:
             prev = np.unpackbits(prev_packed, count=self.num_candidates).astype(bool)
             inter = int(np.count_nonzero(mask & prev))
-            union = count + int(np.count_nonzero(prev)) - inter
-            st["with_prev"] += 1
-            st["overlap"] += inter / count if count else 1.0
-            st["jaccard"] += inter / union if union else 1.0
+            union = stats["count"] + int(np.count_nonzero(prev)) - inter
+            stats["overlap"] = inter / stats["count"] if stats["count"] else 1.0
+            stats["jaccard"] = inter / union if union else 1.0
+        return stats
 
-    def round_metrics(self) -> dict[str, float]:
+    def round_metrics(self, notes: Notes) -> dict[str, float]:
         """Means over the clients prepared this round (first-time clients count 0 personal elements)."""
-        st = self._stats
-        n = st["clients"]
+        n = len(notes)
         if n == 0:
             return {}
+        rows = [notes[cid] for cid in sorted(notes)]
+        count = sum(r.get("count", 0) for r in rows)
+        layer_counts = [sum(r["layers"][i] for r in rows if not r["first"]) for i in range(len(self._layers))]
         out = {
-            "fedobp_personal_count": st["count"] / n,
-            "fedobp_personal_frac": st["count"] / (n * self.num_candidates),
-            "fedobp_first_participation": float(st["first"]),
-            "fedobp_q": float(st.get("q", self.params.q)),
+            "fedobp_personal_count": count / n,
+            "fedobp_personal_frac": count / (n * self.num_candidates),
+            "fedobp_first_participation": float(sum(r["first"] for r in rows)),
+            "fedobp_q": float(rows[-1]["q"]),
         }
-        for (name, a, b), c in zip(self._layers, self._layer_counts, strict=True):
+        for (name, a, b), c in zip(self._layers, layer_counts, strict=True):
             out[f"fedobp_personal_count/{name}"] = float(c) / n
             out[f"fedobp_personal_frac/{name}"] = float(c) / (n * (b - a))
-        if st["with_prev"]:
-            out["fedobp_mask_overlap"] = st["overlap"] / st["with_prev"]
-            out["fedobp_mask_jaccard"] = st["jaccard"] / st["with_prev"]
-        self._reset_stats()
+        with_prev = [r for r in rows if "overlap" in r]
+        if with_prev:
+            overlap = jaccard = 0.0
+            for r in with_prev:  # accumulated in client order, as floats are
+                overlap += r["overlap"]
+                jaccard += r["jaccard"]
+            out["fedobp_mask_overlap"] = overlap / len(with_prev)
+            out["fedobp_mask_jaccard"] = jaccard / len(with_prev)
         return out
 
     # ----- client side --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
 from algorithms.registry import register
-from harness.params import ParamSpec
+from protocol.params import ParamSpec
 
 
 def top_layers_mask(spec: ParamSpec, layers: int) -> np.ndarray:

@@ -20,7 +20,6 @@ the proximal term. Buffers (BatchNorm statistics) are not in the proximal term (
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
@@ -39,15 +38,12 @@ class FedProx(Algorithm):
     Params = FedProxParams
     source = "Li et al. 2020: mu from its grid {0.001,0.01,0.1,1} (0.01; the paper's MNIST/FEMNIST best was 1)"
 
+    def personal_is_global(self) -> bool:
+        return True
+
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         trainer.set_vector(job.payload["model"])
         mu = self.params.mu
-        extra = None
-        if mu > 0:
-            anchor = [p.detach().clone() for p in trainer.model.parameters()]
-
-            def extra(model: torch.nn.Module) -> torch.Tensor:
-                return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
-
+        extra = trainer.proximal(job.payload["model"], mu) if mu > 0 else None
         trainer.train(job, extra_loss=extra)  # purpose "batches": the same data order as FedAvg
         return trainer.update(job, upload={"model": trainer.get_vector()}, state=job.state)

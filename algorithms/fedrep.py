@@ -22,6 +22,7 @@ from pydantic import Field
 from algorithms.base import ClientJob, ClientUpdate
 from algorithms.fedper import FedPer, FedPerParams, mask_names
 from algorithms.registry import register
+from protocol.trainer import PhaseStats
 
 
 class FedRepParams(FedPerParams):
@@ -52,11 +53,10 @@ class FedRep(FedPer):
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         head_epochs, body_epochs = self.epochs()
         trainer.set_vector(self.start_vector(job))
-        if head_epochs:
-            trainer.train(job, epochs=head_epochs, names=self.head_names, purpose="fedrep-head")
-        head_steps = trainer.steps
-        if body_epochs:
-            trainer.train(job, epochs=body_epochs, names=self.body_names, purpose="fedrep-body")
+        head = trainer.train(job, epochs=head_epochs, names=self.head_names, purpose="fedrep-head") if head_epochs \
+            else PhaseStats()
+        body = trainer.train(job, epochs=body_epochs, names=self.body_names, purpose="fedrep-body") if body_epochs \
+            else PhaseStats()
         vec = trainer.get_vector()
         return trainer.update(job, upload={"model": vec}, state=self.personal_state(vec),
-                              head_steps=float(head_steps), body_steps=float(trainer.steps - head_steps))
+                              head_steps=float(head.steps), body_steps=float(body.steps))

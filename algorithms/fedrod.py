@@ -72,7 +72,7 @@ class FedRoD(Algorithm):
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         trainer.set_vector(self.start_vector(job))
         model = trainer.model
-        labels = trainer.data.y[trainer.data.split_of(job.cid, "train")]
+        labels = trainer.labels(job.cid, "train")
         counts = np.bincount(labels, minlength=self.ctx.num_classes).astype(np.float32)
         log_prior = torch.log(torch.as_tensor(counts, device=trainer.device))  # -inf for absent classes
         opt = trainer.optimizer(trainer.parameters(None))
@@ -84,7 +84,7 @@ class FedRoD(Algorithm):
             loss_g = F.cross_entropy(generic + log_prior, y)  # balanced softmax (BSM)
             loss_p = F.cross_entropy(generic.detach() + model.phead(z.detach()), y)
             if not trainer.record_loss(loss_g) or not torch.isfinite(loss_p):
-                trainer.finite = False
+                trainer.mark_nonfinite()
                 break
             opt.zero_grad(set_to_none=True)
             (loss_g + loss_p).backward()  # separable: phead only sees loss_p, body/head only loss_g

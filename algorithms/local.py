@@ -20,9 +20,6 @@ class Local(Algorithm):
     def shared_mask(self) -> np.ndarray:
         return np.zeros(self.spec.size, dtype=bool)  # nothing is sent or averaged
 
-    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> tuple[State, State]:
-        # the global vector never changes (nothing is averaged): it is the common initialisation
-        return {"model": global_vec}, state
 
     def bytes_down(self, payload: State) -> int:
         return 0
@@ -33,8 +30,8 @@ class Local(Algorithm):
         model = trainer.get_vector()
         return trainer.update(job, upload={}, state={"model": model})
 
-    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:
-        return global_vec
+    def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes=None) -> np.ndarray:
+        return global_vec  # nothing is averaged: the global vector stays the common initialisation
 
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.state.get("model", job.payload["model"])

@@ -22,7 +22,6 @@ Results: bench/results/bench_scale.{json,md} (or --out DIR).
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import os
@@ -46,17 +45,17 @@ SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
 def model_sizes(model: str, options: dict, data: str = "mnist") -> tuple[int, int, np.ndarray]:
     """(parameters, head parameters, initial flat vector) of the model on the data's images, 10 classes."""
     from harness.models import build_model
-    from harness.params import ParamSpec, model_to_vector
+    from protocol.params import ParamSpec, model_to_vector
 
     net = build_model(model, SHAPES[data], 10, **options)
     spec = ParamSpec.of(net)
     return spec.size, int(spec.head_mask().sum()), model_to_vector(net, spec)
 
 
-def fill(store, n: int, make_state, batch: int = 1000, unwrapped: bool = False) -> float:
+def fill(store, n: int, make_state, batch: int = 1000) -> float:
     """Write `n` clients' states through store.commit, `batch` clients per commit; seconds.
-    `unwrapped` bypasses the timing wrapper a TimedEngine puts on its store (filling is not a round)."""
-    commit = functools.partial(type(store).commit, store) if unwrapped else store.commit
+    """
+    commit = store.commit
     t = time.perf_counter()
     for lo in range(0, n, batch):
         commit({c: make_state(c) for c in range(lo, min(n, lo + batch))}, round=-1)
@@ -91,40 +90,39 @@ def run_child(kind: str, params: dict, work: Path, in_process: bool = False) -> 
 def child_engine(p: dict) -> dict:
     """One (store, N, K) setting: the real engine, a memory sampler, the store's timings."""
     common.init_ray(2)
-    TimedEngine = common.timed_engine_class()
     cfg = common.run_config(Path(p["work"]) / "runs", num_clients=p["n"], clients_per_round=p["k"],
                             rounds=p["rounds"] + 2, algorithm="local", model=p["model"], model_options=p["options"],
                             local_epochs=1, batch_size=32, store=p["backend"], store_path=p["store_path"],
                             data_source=None if p["data"] == "mnist" else p["data"])
     base = common.memory_snapshot()
-    engine = TimedEngine(cfg, skip_eval=not p["evaluate"])
+    engine, timer = common.timed_engine(cfg, skip_eval=not p["evaluate"])
     fill_s = float("nan")
     if p["backend"] == "memory":
         _, _, vec = model_sizes(p["model"], p["options"], p["data"])
         # a copy per client: the memory store must hold N distinct arrays, as in a real run
-        fill_s = fill(engine.store, p["n"], lambda c: {"model": vec.copy()}, unwrapped=True)
+        fill_s = fill(engine.store, p["n"], lambda c: {"model": vec.copy()})
     with common.MemorySampler() as mem:
-        timed = engine.run_timed()
-    engine.cleanup_checkpoint()
+        timed = common.run_timed(engine, timer)
+    engine.discard_checkpoint()
     rounds = timed["round_s"][1:]  # the first round warms the workers up
     r = p["rounds"] + 2
     return {
         "clients": p["n"], "backend": p["backend"], "per_round": p["k"],
         "round_s": common.median(rounds), "round_min_s": min(rounds) if rounds else float("nan"),
         "clients_per_s": p["k"] / common.median(rounds) if rounds else float("nan"),
-        "train_s": common.median(engine.train_s[1:r]),
-        "store_get_s": common.median(engine.get_s[1:r]),
-        "store_commit_s": common.median(c - ck for c, ck in zip(engine.commit_s[1:r], engine.ckpt_s[1:r],
+        "train_s": common.median(timer.train_s[1:r]),
+        "store_get_s": common.median(timer.get_s[1:r]),
+        "store_commit_s": common.median(c - ck for c, ck in zip(timer.commit_s[1:r], timer.ckpt_s[1:r],
                                                                 strict=False)),
-        "checkpoint_s": common.median(engine.ckpt_s[1:r]),
-        "eval_all_s": engine.eval_s[0] if engine.eval_s else float("nan"),
+        "checkpoint_s": common.median(timer.ckpt_s[1:r]),
+        "eval_all_s": timer.eval_s[0] if timer.eval_s else float("nan"),
         "fill_s": fill_s, "driver_rss_start_mib": base["driver_rss"],
         **{f"peak_{key}_mib": v for key, v in mem.peak.items()},
     }
 
 
 def full_state(args, work: Path, vec: np.ndarray) -> tuple[list[dict], list[dict], list[str]]:
-    from harness.store import DiskStore
+    from harness.engine.store import DiskStore
 
     state_rows, round_rows, notes = [], [], []
     model_options = {"hidden": args.hidden} if args.model == "mlp" else {}
@@ -176,7 +174,7 @@ def full_state(args, work: Path, vec: np.ndarray) -> tuple[list[dict], list[dict
 # ----- part 2 ---------------------------------------------------------------------------------------
 def child_head(p: dict) -> dict:
     """One (N, store) head-only setting, store calls only (what the engine calls per round)."""
-    from harness.store import DiskStore, MemoryStore
+    from harness.engine.store import DiskStore, MemoryStore
 
     n, backend, work = p["n"], p["backend"], Path(p["work"])
     head = np.random.default_rng(0).standard_normal(p["head_size"]).astype(np.float32)

@@ -26,12 +26,12 @@ SPEC = common.ROOT / "runs" / "studies" / "demo.yaml"
 def run_once(reuse: bool, folder: Path) -> tuple[float, dict[int, float]]:
     from mlflow.tracking import MlflowClient
 
-    from harness import study
-    from harness.executor import make_executor
+    from harness import studies
+    from harness.engine.executor import make_executor
 
     uri = f"sqlite:///{folder}/mlflow.db"
-    spec = study.load_study(str(SPEC), [f"checkpoint_dir={folder}/ckpt"], tracking_uri=uri)
-    runner = study.StudyRunner(spec, progress=False)
+    spec = studies.load_study(str(SPEC), [f"checkpoint_dir={folder}/ckpt"], tracking_uri=uri)
+    runner = studies.StudyRunner(spec, progress=False)
     if not reuse:
         runner._executor = lambda cfg, data: make_executor(cfg, data)  # a fresh pool per cell
     outcome = runner.run()
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("Runs", rows, [("repeat", "repeat"), ("actors", "actors"), ("cells", "cells"),
                                 ("wall_s", "study wall s")])],
         notes=["wall s = the study's own wall time (Ray start, all cells, tracking), medians over repetitions.",
-               "fresh actors per cell = the behaviour before harness.executor.ActorCache."])
+               "fresh actors per cell = the behaviour before harness.engine.executor.ActorCache."])
     print(f"fresh {fresh:.1f} s, reused {reused:.1f} s, speed-up {fresh / reused:.2f}x, identical: {same}")
     return 0 if same else 1
 

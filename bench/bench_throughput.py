@@ -70,7 +70,7 @@ def make_config(w: dict, tmp: Path, rounds: int, workers: int = 2):
 
 def sampled_clients(cfg, data, rounds: int) -> list[list[int]]:
     """The clients the engine samples in each round (its own virtual clock, same seed)."""
-    from harness.budgets import DeviceProfiles, VirtualClock
+    from harness.engine.clock import DeviceProfiles, VirtualClock
 
     profiles = DeviceProfiles.draw(cfg.budget, data.num_clients, cfg.seed)
     clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
@@ -80,15 +80,14 @@ def sampled_clients(cfg, data, rounds: int) -> list[list[int]]:
 
 # ----- the harness --------------------------------------------------------------------------------------
 def run_harness(cfg) -> dict[str, Any]:
-    TimedEngine = common.timed_engine_class()
-    engine = TimedEngine(cfg, skip_eval=True)
-    timed = engine.run_timed()
-    engine.cleanup_checkpoint()
+    engine, timer = common.timed_engine(cfg, skip_eval=True)
+    timed = common.run_timed(engine, timer)
+    engine.discard_checkpoint()
     measured = slice(1, len(timed["round_s"]))  # the rounds whose full duration is known, minus warm-up
     # where a harness round goes: waiting for the workers (executor.map, all waves), the server-side
     # FedAvg, the state commit + checkpoint, and the rest (sampling, job building, bookkeeping)
-    per_round = {"workers_s": _per_round(engine.map_s["train"], len(engine.train_s)),
-                 "aggregate_s": engine.aggregate_s, "commit_checkpoint_s": engine.commit_s}
+    per_round = {"workers_s": timer.map_s["train"], "aggregate_s": timer.aggregate_s,
+                 "commit_checkpoint_s": timer.commit_s}
     phases = {k: v[measured] for k, v in per_round.items()}
     return {"round_s": timed["round_s"][1:], "total_s": timed["total_s"], "phases": phases}
 
@@ -98,11 +97,6 @@ def per_rep(rounds: list[float], repeats: int) -> list[float]:
     n = len(rounds) // repeats if repeats else 0
     return [common.median(rounds[i * n : (i + 1) * n]) for i in range(repeats)] if n else []
 
-
-def _per_round(calls: list[float], rounds: int) -> list[float]:
-    """executor.map is called once per wave: sum the waves of each round (equal count per round)."""
-    waves = len(calls) // rounds if rounds else 0
-    return [sum(calls[i * waves : (i + 1) * waves]) for i in range(rounds)] if waves else []
 
 
 def same_layout_as_workers(data):
@@ -121,10 +115,10 @@ _PLAIN: dict[str, Any] = {}
 def _plain_init(cfg_json: str) -> None:
     import torch
 
-    from harness.allocator import keep_freed_memory
     from harness.config import validate
+    from harness.engine.allocator import keep_freed_memory
+    from harness.engine.training import channels_last_pays
     from harness.models import build_model
-    from harness.training import channels_last_pays
     from partitions import build_federated_dataset
 
     torch.set_num_threads(1)
@@ -148,7 +142,7 @@ def _plain_train(task: tuple[int, list[int], np.ndarray]) -> tuple[float, int]:
     import torch
     import torch.nn.functional as F
 
-    from harness.rng import rng
+    from protocol.rng import rng
 
     rnd, cids, global_vec = task
     cfg, data, y_all, model, mean, std, channels_last = (
@@ -215,10 +209,10 @@ def _flower_trainer(cfg_path: str):
     if "trainer" not in _FLOWER:
         import torch
 
-        from harness.allocator import keep_freed_memory
         from harness.config import validate
-        from harness.training import LocalTrainer
-        from harness.worker import build_algorithm
+        from harness.engine.allocator import keep_freed_memory
+        from harness.engine.training import LocalTrainer
+        from harness.engine.worker import build_algorithm
         from partitions import build_federated_dataset
 
         torch.set_num_threads(1)
@@ -380,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     fv = flower_version() if use_flower else None
     if fv:
         info["flwr"], info["ray_flower_env"] = fv.split()
-    from harness.worker import build_algorithm
+    from harness.engine.worker import build_algorithm
     from partitions import build_federated_dataset
 
     measured = args.rounds + 2  # one warm-up round, and the last round has no next start

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from algorithms.base import ClientJob
-    from harness.executor import ActorWorker
-    from harness.worker import Worker, build_algorithm
+    from harness.engine.executor import ActorWorker
+    from harness.engine.worker import Worker, build_algorithm
     from partitions import build_federated_dataset
 
     torch.set_num_threads(1)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from partitions.spec import DataSpec, PartitionSpec, Strict
+from harness import models, plugins
+from partitions.spec import DataSpec, PartitionSpec, with_scheme
+from protocol.specs import Strict, TrainSpec
 
 
 class ConfigError(ValueError):
@@ -23,19 +25,15 @@ class ConfigError(ValueError):
 
 
 class ModelSpec(Strict):
-    name: str = "mlp"
+    name: str = Field("mlp", description="a registered model (harness.models; plugins add more)")
     options: dict[str, Any] = Field(default_factory=dict)
 
-
-class TrainSpec(Strict):
-    """Local training. Defaults follow the FedOBP paper's logged runs (SGD, lr 0.01, momentum 0.7, batch 32)."""
-
-    local_epochs: int = Field(5, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.7, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in models.MODELS:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(sorted(models.MODELS))}")
+        return value
 
 
 class AlgorithmSpec(BaseModel):
@@ -159,6 +157,9 @@ class BudgetSpec(Strict):
 
 
 class RunConfig(Strict):
+    plugins: list[str] = Field(default_factory=list, description=(
+        "modules (dotted path or .py file) imported before validation: they register algorithms, models, data "
+        "sources, partition schemes (harness.plugins); every worker loads them too"))
     name: str = "run"
     seed: int = Field(0, ge=0)
     rounds: int = Field(20, ge=1)
@@ -187,13 +188,31 @@ class RunConfig(Strict):
     tracking: TrackingSpec = TrackingSpec()
     budget: BudgetSpec = BudgetSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, tree: Any) -> Any:
+        """Plugins first: the algorithm, model, source or scheme they register must exist when validated."""
+        plugins.load_installed()
+        if isinstance(tree, dict) and tree.get("plugins"):
+            names = tree["plugins"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"plugins must be a list of module names or .py paths, got {names!r}")
+            tree = {**tree, "plugins": plugins.absolute(names)}  # Ray workers run in another directory
+            plugins.load(tree["plugins"])
+        return tree
+
     def sampled_per_round(self, num_train_clients: int) -> int:
         k = self.clients_per_round or max(1, round(self.join_ratio * num_train_clients))
         return min(k, num_train_clients)
 
     def config_hash(self) -> str:
-        """Identity of the experiment (excludes where it runs and where it is tracked)."""
+        """Identity of the experiment (excludes where it runs and where it is tracked). The partition enters in
+        the layout it had before the scheme registry (PartitionSpec.identity_dump), and no plugins = the key
+        is absent, so hashes of runs recorded before either change stay the same."""
         body = self.model_dump(mode="json", exclude={"workers", "tracking", "checkpoint_dir", "store"})
+        body["partition"] = self.partition.identity_dump()
+        if not body.get("plugins"):
+            body.pop("plugins", None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
@@ -233,6 +252,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
             node = child
         node[path[-1]] = value
+        if path == ["partition", "scheme"] and isinstance(value, str):
+            tree["partition"] = with_scheme(tree["partition"], value)  # drop the old scheme's own keys
     return tree
 
 
@@ -246,7 +267,8 @@ def _describe(err: ValidationError, model: type[BaseModel]) -> str:
     value = e.get("input")
     msg = e["msg"].removeprefix("Value error, ")
     if isinstance(value, dict):
-        return f"{loc}: {msg}" if loc else msg
+        # a section's own validator already names the full key (e.g. "unknown key 'partition.alpah'")
+        return msg if not loc or f"'{loc}." in msg else f"{loc}: {msg}"
     return f"{loc or 'config'}: {msg} (got {json.dumps(value, default=str)})"
 
 
@@ -260,8 +282,9 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML spec (or a dict), apply `a.b=value` overrides, validate."""
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None,
+                plugins: list[str] | None = None) -> RunConfig:
+    """Read a YAML spec (or a dict), apply `a.b=value` overrides, add `plugins` to its list, validate."""
     if isinstance(source, dict):
         tree = json.loads(json.dumps(source))
     else:
@@ -273,6 +296,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         if not isinstance(tree, dict):
             raise ConfigError(f"spec file {str(path)!r} must hold a mapping at top level")
     tree = apply_overrides(tree, overrides or [])
+    if plugins:
+        tree["plugins"] = [*tree.get("plugins", []), *(p for p in plugins if p not in tree.get("plugins", []))]
     return validate(tree)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -9,8 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+#: pyplot keeps global figure state: runs finishing together in threads (a study's parallel cells) take turns
+PYPLOT_LOCK = threading.Lock()
+
 
 def plot_run_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
+    with PYPLOT_LOCK:
+        return _plot_run_curves(history, path, title)
+
+
+def _plot_run_curves(history: list[dict[str, float]], path: Path, title: str) -> Path:
     evaluated = [h for h in history if "personal_acc" in h]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, label in (("personal_acc", "personalized"), ("global_acc", "global"),

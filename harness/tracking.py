@@ -10,15 +10,23 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 import harness
 from harness.config import RunConfig
+from harness.engine.listeners import RoundListener, RoundRecord, RunStart
+from partitions import scheme_label
+
+if TYPE_CHECKING:
+    from harness.engine.run import RunResult
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 MAX_PARAM_CHARS = 6000
@@ -98,11 +106,60 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class MlflowListener(Tracker, RoundListener):
+    """The engine's MLflow listener: start artifacts (config, partition) for a new run, one log_batch per
+    round, end artifacts (per-client finals, history, client log, curves, best_*) and the end status. A run
+    stopped on purpose (stop_after / --until-round) stays RUNNING, resumable."""
+
+    def on_start(self, start: RunStart) -> None:
+        self.set_tags({"fedharness.dataset": start.data.name})  # e.g. cifar10_jpeg_blob, not "arrays"
+        if not start.resumed:
+            self._log_start_artifacts(start)
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.log_round(record.round, record.metrics)
+
+    def on_end(self, result: RunResult, status: str, reason: str | None) -> None:
+        if status == "FINISHED" and result.final:
+            self._log_end_artifacts(result, status)
+        if status != "RUNNING":
+            self.end(status, reason)
+
+    def _log_start_artifacts(self, start: RunStart) -> None:
+        from partitions.stats import partition_summary, save_partition_artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_path = Path(tmp) / "config.yaml"
+            cfg_path.write_text(yaml.safe_dump(start.config.model_dump(mode="json"), sort_keys=False))
+            self.log_artifact(cfg_path)
+            for path in save_partition_artifacts(start.data, Path(tmp)):
+                self.log_artifact(path, "partition")
+            self.set_tags({f"partition.{k}": v for k, v in partition_summary(start.data).items()})
+
+    def _log_end_artifacts(self, result: RunResult, status: str) -> None:
+        from harness.engine.listeners import ClientLog
+        from harness.plots import plot_run_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            if result.clients is not None:
+                result.clients.to_csv(tmp / "clients_final.csv", index=False)
+                self.log_artifact(tmp / "clients_final.csv")
+            pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False)
+            self.log_artifact(tmp / "history.csv")
+            if result.client_log is not None:
+                result.client_log.to_csv(tmp / ClientLog.NAME, index=False)
+                self.log_artifact(tmp / ClientLog.NAME)
+            best = {k: v for k, v in result.final.items() if k.startswith("best_")}
+            self.log_round(int(result.history[-1]["round"]), best)
+            cfg = result.config
+            plot_run_curves(result.history, tmp / "accuracy.png", title=f"{cfg.name} — {cfg.algorithm.name}")
+            self.log_artifact(tmp / "accuracy.png")
+
+
 def partition_label(cfg: RunConfig) -> str:
     p = cfg.partition
-    detail = {"dirichlet": f"alpha={p.alpha}", "pathological": f"k={p.classes_per_client}",
-              "shards": f"shards={p.shards_per_client}", "quantity": f"{p.quantity_distribution}"}.get(p.scheme, "")
-    label = f"{p.scheme}({detail})" if detail else p.scheme
+    label = scheme_label(p)
     if p.feature_shift.kind != "none":
         label += f"+{p.feature_shift.kind}"
     return f"{label},n={p.num_clients}"

@@ -24,7 +24,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from pathlib import Path
 
-        from harness import executor as executor_module
+        from harness.engine import executor as executor_module
 
         placed = []
 

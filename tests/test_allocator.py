@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 PROBE = """
 import resource, threading
 import numpy as np
-from harness.allocator import keep_freed_memory
+from harness.engine.allocator import keep_freed_memory
 
 def faults():
     out = {}

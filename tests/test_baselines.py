@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from algorithms import registry
 from algorithms.base import ClientJob
 from harness.engine import resume, run
-from harness.worker import Worker, build_algorithm
+from harness.engine.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
 from tests.conftest import metrics_history, small_config
 
@@ -36,8 +36,8 @@ class Setup:
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None,
               max_steps: int | None = None):
-        payload, state = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))
-        return self.worker.train([ClientJob(cid, rnd, payload, state, max_steps)])[0]
+        sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))
+        return self.worker.train([ClientJob(cid, rnd, sent.payload, sent.state, max_steps)])[0]
 
     def eval_vector(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None) -> np.ndarray:
         job = ClientJob(cid, rnd, {"model": global_vec}, dict(state or {}))

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from harness.budgets import MBPS, DeviceProfiles
-from harness.engine import Engine, run
+from harness.engine import open_run, run
+from harness.engine.clock import MBPS, DeviceProfiles
 from tests.conftest import small_config
 
 LOGNORMAL = ["budget.devices.distribution=lognormal", "budget.devices.sigma=0.8",
@@ -27,7 +27,7 @@ def _full_work_samples(engine, cid: int, epochs: int) -> int:
 
 def test_fixed_mode_keeps_everyone_and_round_time_is_the_slowest_client(tmp_path):
     cfg = small_config(tmp_path, *LOGNORMAL, "rounds=2")
-    engine = Engine(cfg, progress=False)
+    engine = open_run(cfg, progress=False)
     result = engine.loop()
     log = result.client_log
     nbytes = 4 * engine.algo.spec.size
@@ -43,7 +43,7 @@ def test_fixed_mode_keeps_everyone_and_round_time_is_the_slowest_client(tmp_path
 
 
 def test_deadline_without_partial_work_drops_exactly_the_late_clients(tmp_path):
-    probe = Engine(small_config(tmp_path / "probe", *LOGNORMAL, "rounds=1"), progress=False).loop()
+    probe = open_run(small_config(tmp_path / "probe", *LOGNORMAL, "rounds=1"), progress=False).loop()
     times = probe.client_log["sim_seconds"].to_numpy()
     deadline = float(np.median(times))
     cfg = small_config(tmp_path / "run", *LOGNORMAL, "rounds=1", "budget.mode=deadline",
@@ -62,7 +62,7 @@ def test_deadline_with_partial_work_trains_only_the_steps_that_fit(tmp_path):
     deadline = 1.5
     cfg = small_config(tmp_path, *LOGNORMAL, "rounds=2", "budget.mode=deadline", f"budget.deadline_s={deadline}",
                        "budget.min_steps=2")
-    engine = Engine(cfg, progress=False)
+    engine = open_run(cfg, progress=False)
     result = engine.loop()
     log = result.client_log
     nbytes = 4 * engine.algo.spec.size
@@ -95,7 +95,7 @@ def test_tier_step_budgets_cap_local_steps(tmp_path):
     tiers = ('budget.devices.tiers=[{fraction: 0.5, seconds_per_sample: 0.01, upload_mbps: 1, download_mbps: 1, '
              'max_steps: 1}, {fraction: 0.5, seconds_per_sample: 0.001, upload_mbps: 10, download_mbps: 10}]')
     cfg = small_config(tmp_path, "budget.devices.distribution=tiers", tiers, "rounds=1", "join_ratio=1.0")
-    engine = Engine(cfg, progress=False)
+    engine = open_run(cfg, progress=False)
     log = engine.loop().client_log
     tier_of = engine.clock.p.tier
     assert set(tier_of[log["client"]]) == {0, 1}
@@ -119,7 +119,7 @@ def test_trace_file_profiles_and_availability(tmp_path):
     trace.write_text("seconds_per_sample,upload_mbps,download_mbps,availability\n0.5,1,2,0.0\n0.25,4,8,1.0\n")
     cfg = small_config(tmp_path, "budget.devices.distribution=trace", f"budget.devices.trace_file={trace}",
                        "rounds=2", "join_ratio=1.0")
-    engine = Engine(cfg, progress=False)
+    engine = open_run(cfg, progress=False)
     p = engine.clock.p
     assert set(p.seconds_per_sample) <= {0.5, 0.25}
     never_online = set(np.flatnonzero(p.availability == 0.0))
@@ -131,7 +131,7 @@ def test_trace_file_profiles_and_availability(tmp_path):
 def test_missing_trace_file_is_a_clear_error(tmp_path):
     cfg = small_config(tmp_path, "budget.devices.distribution=trace", "budget.devices.trace_file=/nope.csv")
     with pytest.raises(ValueError, match="trace_file '/nope.csv' does not exist"):
-        Engine(cfg, progress=False)
+        open_run(cfg, progress=False)
 
 
 def test_bytes_follow_what_the_algorithm_sends(tmp_path):

@@ -81,7 +81,7 @@ def test_evaluation_covers_every_client_with_consistent_aggregates(tmp_path):
 def test_failed_run_is_marked_failed_in_mlflow(tmp_path, monkeypatch):
     from algorithms.fedavg import FedAvg
 
-    def boom(self, global_vec, updates):
+    def boom(self, global_vec, updates, notes=None):
         raise RuntimeError("aggregation exploded")
 
     monkeypatch.setattr(FedAvg, "aggregate", boom)
@@ -110,7 +110,8 @@ def test_conv_model_gives_identical_numbers_in_process_and_on_ray(tmp_path, ray_
 
 
 def test_waves_balance_work_and_keep_client_order():
-    from harness.engine import CHUNK, _waves
+    from harness.engine.rounds import CHUNK
+    from harness.engine.rounds import waves as _waves
 
     gen = np.random.default_rng(0)
     sizes = gen.integers(1, 500, size=1000)

@@ -8,7 +8,7 @@ import numpy as np
 import ray
 
 from harness.engine import run
-from harness.executor import ActorCache, make_executor
+from harness.engine.executor import ActorCache, make_executor
 from partitions import build_federated_dataset
 from tests.conftest import metrics_history, small_config
 

@@ -16,7 +16,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from harness.engine import RunFailed, resume, run
-from harness.executor import InProcessExecutor, RayExecutor
+from harness.engine.executor import InProcessExecutor, RayExecutor
 from tests.conftest import ROOT, metrics_history, small_config
 
 

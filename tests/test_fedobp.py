@@ -20,10 +20,10 @@ from algorithms.fedobp import (
     threshold_mask,
     top_k_mask,
 )
-from harness.config import TrainSpec
 from harness.engine import run
 from harness.models import build_model
-from harness.params import ParamSpec
+from protocol.params import ParamSpec
+from protocol.specs import TrainSpec
 from tests.conftest import small_config
 
 # mlp((1,4,4), 3, hidden=5): body.1 (16*5+5), body.3 (5*5+5), head (5*3+3) = 133 elements
@@ -34,6 +34,14 @@ def make(**params) -> FedOBP:
     model = build_model("mlp", (1, 4, 4), 3, hidden=5)
     ctx = AlgoContext(spec=ParamSpec.of(model), train=TrainSpec(), num_clients=8, num_classes=3, seed=0)
     return FedOBP(FedOBPParams(**params), ctx)
+
+
+def prep(algo, cid, rnd, global_vec, state, notes=None):
+    """(payload, state) of algo.server_prepare; its note goes into `notes` when given."""
+    sent = algo.server_prepare(cid, rnd, global_vec, state)
+    if notes is not None:
+        notes[cid] = sent.note
+    return sent.payload, sent.state
 
 
 def unpack(state, n):
@@ -84,14 +92,14 @@ def test_exactly_round_1_minus_q_personal_elements_even_when_all_scores_tie():
     theta_k = theta_g.copy()
     tied = np.arange(3, 93, 3)  # 30 elements with the same score 1.0, k = 13
     theta_k[tied] = 1.0
-    payload, state = algo.server_prepare(0, 1, theta_g, {"theta": theta_k})
+    payload, state = prep(algo, 0, 1, theta_g, {"theta": theta_k})
     mask = unpack(state, D)
     assert algo.k == 13 and mask.sum() == 13
     np.testing.assert_array_equal(np.flatnonzero(mask), tied[:13])  # ties: lower index first
     # the authors' rule `score > quantile` personalizes none of them: tau equals the tied value
     assert threshold_mask(importance(theta_k, theta_g), 0.9).sum() == 0
     algo_thr = make(q=0.9, norm="none", selection="threshold")
-    assert unpack(algo_thr.server_prepare(0, 1, theta_g, {"theta": theta_k})[1], D).sum() == 0
+    assert unpack(prep(algo_thr, 0, 1, theta_g, {"theta": theta_k})[1], D).sum() == 0
 
 
 def test_threshold_rule_matches_torch_quantile():
@@ -142,7 +150,7 @@ def test_mask_comes_from_stored_theta_k_and_current_global_elementwise():
     moved = {7: 3.0, 90: -2.5, 120: 2.0, 131: 1.5, 40: 0.5, 60: -0.25}  # index -> theta_k - theta_g
     for i, d in moved.items():
         theta_k[i] += d
-    payload, state = algo.server_prepare(2, 4, theta_g, {"theta": theta_k})
+    payload, state = prep(algo, 2, 4, theta_g, {"theta": theta_k})
     expected = theta_g.copy()
     for i in (7, 90, 120, 131):  # the 4 largest |delta|
         expected[i] = theta_k[i]
@@ -152,11 +160,11 @@ def test_mask_comes_from_stored_theta_k_and_current_global_elementwise():
     # against another global model the same stored theta_k gives another mask
     theta_g2 = theta_g.copy()
     theta_g2[40] -= 10.0
-    payload2, state2 = algo.server_prepare(2, 5, theta_g2, {"theta": theta_k})
+    payload2, state2 = prep(algo, 2, 5, theta_g2, {"theta": theta_k})
     assert 40 in np.flatnonzero(unpack(state2, D)) and payload2["model"][40] == theta_k[40]
     # the general case against the sorting reference
     theta_k = theta_g + rng.normal(size=D).astype(np.float32)
-    payload, state = algo.server_prepare(2, 6, theta_g, {"theta": theta_k})
+    payload, state = prep(algo, 2, 6, theta_g, {"theta": theta_k})
     ref = reference_top_k((theta_k - theta_g) ** 2, algo.k)
     np.testing.assert_array_equal(unpack(state, D), ref)
     np.testing.assert_array_equal(payload["model"], np.where(ref, theta_k, theta_g))
@@ -171,7 +179,7 @@ def test_both_score_variants():
     np.testing.assert_allclose(importance(theta_k, theta_g, "delta_times_local")[[10, 20]], [0.1, 2.5], rtol=1e-6)
     for kind, chosen in (("delta_sq", 10), ("delta_times_local", 20)):
         algo = make(q=0.995, norm="none", score=kind)  # k = 1
-        payload, state = algo.server_prepare(0, 1, theta_g, {"theta": theta_k})
+        payload, state = prep(algo, 0, 1, theta_g, {"theta": theta_k})
         assert np.flatnonzero(unpack(state, D)).tolist() == [chosen]
         other = 30 - chosen
         assert payload["model"][chosen] == theta_k[chosen] and payload["model"][other] == theta_g[other]
@@ -184,12 +192,12 @@ def test_classifier_only_candidates_leave_the_body_at_global():
     rng = np.random.default_rng(6)
     theta_g = rng.normal(size=D).astype(np.float32)
     theta_k = rng.normal(size=D).astype(np.float32)
-    payload, state = algo.server_prepare(1, 1, theta_g, {"theta": theta_k})
+    payload, state = prep(algo, 1, 1, theta_g, {"theta": theta_k})
     np.testing.assert_array_equal(payload["model"][~head], theta_g[~head])
     np.testing.assert_array_equal(payload["model"][head], theta_k[head])
     assert unpack(state, 18).all()
     algo = make(q=0.5, candidates="classifier")  # k = 9 of the 18 head elements
-    payload, state = algo.server_prepare(1, 1, theta_g, {"theta": theta_k})
+    payload, state = prep(algo, 1, 1, theta_g, {"theta": theta_k})
     np.testing.assert_array_equal(payload["model"][~head], theta_g[~head])
     mask = unpack(state, 18)
     assert mask.sum() == 9
@@ -205,12 +213,12 @@ def test_ema_of_the_score_changes_the_choice():
     chosen = {}
     for ema in (False, True):
         algo = make(q=0.995, norm="none", ema=ema, ema_alpha=0.5)  # k = 1
-        _, state = algo.server_prepare(3, 1, theta_g1, {"theta": theta_k})
+        _, state = prep(algo, 3, 1, theta_g1, {"theta": theta_k})
         if ema:
             np.testing.assert_array_equal(state["ema"], importance(theta_k, theta_g1))  # first value: s itself
         else:
             assert "ema" not in state
-        _, state2 = algo.server_prepare(3, 2, theta_g2, {**state, "theta": theta_k})
+        _, state2 = prep(algo, 3, 2, theta_g2, {**state, "theta": theta_k})
         chosen[ema] = np.flatnonzero(unpack(state2, D)).tolist()
         if ema:  # I = (1-a) s + a I_prev: [5] = 0.5*1 + 0.5*4 = 2.5 > [50] = 0.5*2.25 = 1.125
             s2 = importance(theta_k, theta_g2)
@@ -235,7 +243,7 @@ def test_normalisations_and_the_zero_over_zero_guard():
     theta_k = theta_g.copy()
     theta_k[body] += 10 * rng.normal(size=int(body.sum())).astype(np.float32)
     theta_k[head] += 0.01 * rng.normal(size=int(head.sum())).astype(np.float32)
-    masks = {a.params.norm: unpack(a.server_prepare(0, 1, theta_g, {"theta": theta_k})[1], D)
+    masks = {a.params.norm: unpack(prep(a, 0, 1, theta_g, {"theta": theta_k})[1], D)
              for a in (algo_none, algo_global, algo_layer)}
     assert all(m.sum() == 13 for m in masks.values())
     assert not masks["none"][head].any()  # raw scores: the body's large moves win every slot
@@ -244,7 +252,7 @@ def test_normalisations_and_the_zero_over_zero_guard():
 
     # theta_k == theta_g: all scores zero, min-max would be 0/0; no NaN, exactly k, the model is theta_g
     for algo in (algo_global, algo_layer):
-        payload, state = algo.server_prepare(0, 1, theta_g, {"theta": theta_g.copy()})
+        payload, state = prep(algo, 0, 1, theta_g, {"theta": theta_g.copy()})
         assert np.isfinite(payload["model"]).all() and unpack(state, D).sum() == 13
         np.testing.assert_array_equal(payload["model"], theta_g)
 
@@ -252,10 +260,11 @@ def test_normalisations_and_the_zero_over_zero_guard():
 def test_client_without_stored_model_starts_from_global_and_is_evaluated_with_it():
     algo = make(q=0.5, ema=True)
     theta_g = np.random.default_rng(8).normal(size=D).astype(np.float32)
-    payload, state = algo.server_prepare(4, 7, theta_g, {})
+    notes = {}
+    payload, state = prep(algo, 4, 7, theta_g, {}, notes)
     np.testing.assert_array_equal(payload["model"], theta_g)
     assert state == {}
-    metrics = algo.round_metrics()
+    metrics = algo.round_metrics(notes)
     assert metrics["fedobp_personal_count"] == 0 and metrics["fedobp_first_participation"] == 1
     assert "fedobp_mask_overlap" not in metrics
     np.testing.assert_array_equal(algo.eval_vector(ClientJob(4, 7, {"model": theta_g}, {}), None), theta_g)
@@ -269,7 +278,7 @@ def test_evaluation_uses_the_start_model_construction_without_changing_state():
               "ema": rng.random(D).astype(np.float32), "mask": np.packbits(np.zeros(D, dtype=bool))}
     before = {k: v.copy() for k, v in stored.items()}
     vec = algo.eval_vector(ClientJob(1, 3, {"model": theta_g}, stored), None)
-    payload, _ = algo.server_prepare(1, 3, theta_g, stored)
+    payload, _ = prep(algo, 1, 3, theta_g, stored)
     np.testing.assert_array_equal(vec, payload["model"])
     for key in before:
         np.testing.assert_array_equal(stored[key], before[key])
@@ -298,11 +307,12 @@ def test_local_update_stores_the_uploaded_model_as_theta():
 
 # ----- aggregation ---------------------------------------------------------------------------------------
 def _prepared_updates(algo, theta_g, uploads, sizes, thetas):
-    updates = []
+    """(updates, notes) of one round: the notes carry each client's mask to aggregate()."""
+    updates, notes = [], {}
     for cid, (up, n, th) in enumerate(zip(uploads, sizes, thetas, strict=True)):
-        _, state = algo.server_prepare(cid, 1, theta_g, {"theta": th} if th is not None else {})
+        _, state = prep(algo, cid, 1, theta_g, {"theta": th} if th is not None else {}, notes)
         updates.append(ClientUpdate(cid, n, {"model": up}, {**state, "theta": up}))
-    return updates
+    return updates, notes
 
 
 def test_exclude_personal_from_aggregation_weights_each_element_by_the_clients_that_shared_it():
@@ -315,7 +325,7 @@ def test_exclude_personal_from_aggregation_weights_each_element_by_the_clients_t
     uploads = [rng.integers(-8, 8, size=D).astype(np.float32) for _ in range(3)]
     sizes = [10, 20, 30]
     algo = make(q=0.985, norm="none", exclude_personal_from_aggregation=True)  # k = round(1.995) = 2
-    new = algo.aggregate(theta_g, _prepared_updates(algo, theta_g, uploads, sizes, thetas))
+    new = algo.aggregate(theta_g, *_prepared_updates(algo, theta_g, uploads, sizes, thetas))
     expected = (10 * uploads[0] + 20 * uploads[1] + 30 * uploads[2]) / 60
     expected[1] = uploads[2][1]  # personal for clients 0 and 1
     expected[2] = (20 * uploads[1][2] + 30 * uploads[2][2]) / 50
@@ -324,19 +334,19 @@ def test_exclude_personal_from_aggregation_weights_each_element_by_the_clients_t
 
     # an element every client kept personal keeps its global value
     algo = make(q=0.985, norm="none", exclude_personal_from_aggregation=True)
-    new = algo.aggregate(theta_g + 0.5, _prepared_updates(algo, theta_g + 0.5, uploads[:2], sizes[:2], thetas[:2]))
+    new = algo.aggregate(theta_g + 0.5, *_prepared_updates(algo, theta_g + 0.5, uploads[:2], sizes[:2], thetas[:2]))
     assert new[1] == 0.5 and new[2] == uploads[1][2] and new[3] == uploads[0][3]
 
     # default (the authors' code): FedAvg over all elements, personal ones included
     algo = make(q=0.985, norm="none")
-    new = algo.aggregate(theta_g, _prepared_updates(algo, theta_g, uploads, sizes, thetas))
+    new = algo.aggregate(theta_g, *_prepared_updates(algo, theta_g, uploads, sizes, thetas))
     fedavg = Algorithm(FedOBPParams(), algo.ctx)
-    np.testing.assert_array_equal(new, fedavg.aggregate(theta_g, _prepared_updates(algo, theta_g, uploads, sizes,
-                                                                                   thetas)))
+    np.testing.assert_array_equal(new, fedavg.aggregate(theta_g, *_prepared_updates(algo, theta_g, uploads, sizes,
+                                                                                    thetas)))
     # and with nothing personal (q=1) the per-element variant is FedAvg exactly
     algo = make(q=1.0, exclude_personal_from_aggregation=True)
-    np.testing.assert_array_equal(algo.aggregate(theta_g, _prepared_updates(algo, theta_g, uploads, sizes, thetas)),
-                                  fedavg.aggregate(theta_g, _prepared_updates(algo, theta_g, uploads, sizes, thetas)))
+    np.testing.assert_array_equal(algo.aggregate(theta_g, *_prepared_updates(algo, theta_g, uploads, sizes, thetas)),
+                                  fedavg.aggregate(theta_g, *_prepared_updates(algo, theta_g, uploads, sizes, thetas)))
 
 
 def test_exclude_variant_refuses_updates_it_did_not_prepare():
@@ -352,9 +362,10 @@ def test_round_metrics_count_fraction_per_layer_and_overlap_with_previous_mask()
     rng = np.random.default_rng(11)
     theta_g = rng.normal(size=D).astype(np.float32)
     theta_k = theta_g + rng.normal(size=D).astype(np.float32)
-    _, s1 = algo.server_prepare(0, 0, theta_g, {"theta": theta_k})
-    algo.server_prepare(1, 0, theta_g, {})  # a first-time client
-    m = algo.round_metrics()
+    notes = {}
+    _, s1 = prep(algo, 0, 0, theta_g, {"theta": theta_k}, notes)
+    prep(algo, 1, 0, theta_g, {}, notes)  # a first-time client
+    m = algo.round_metrics(notes)
     layers = {name: (a, b) for name, a, b in algo._layers}
     assert set(layers) == {"body.1", "body.3", "head"}
     mask1 = unpack(s1, D)
@@ -364,14 +375,15 @@ def test_round_metrics_count_fraction_per_layer_and_overlap_with_previous_mask()
         assert m[f"fedobp_personal_count/{name}"] == mask1[a:b].sum() / 2
         assert m[f"fedobp_personal_frac/{name}"] == mask1[a:b].sum() / (2 * (b - a))
     assert "fedobp_mask_overlap" not in m
-    assert algo.round_metrics() == {}  # reset after each round
+    assert algo.round_metrics({}) == {}  # a round without clients reports nothing
 
     theta_g2 = theta_g + 0.3 * rng.normal(size=D).astype(np.float32)
-    _, s2 = algo.server_prepare(0, 1, theta_g2, {**s1, "theta": theta_k})
+    notes = {}
+    _, s2 = prep(algo, 0, 1, theta_g2, {**s1, "theta": theta_k}, notes)
     mask2 = unpack(s2, D)
     inter = int((mask1 & mask2).sum())
     assert 0 < inter < 13  # the crafted rounds share some elements, not all
-    m = algo.round_metrics()
+    m = algo.round_metrics(notes)
     assert m["fedobp_mask_overlap"] == inter / 13
     assert m["fedobp_mask_jaccard"] == inter / (26 - inter)
     assert s2["mask"].dtype == np.uint8 and s2["mask"].size == (D + 7) // 8  # packed: one bit per candidate

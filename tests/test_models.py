@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness.models import MODELS, build_model
-from harness.params import ParamSpec, model_to_vector, vector_to_model
+from protocol.params import ParamSpec, model_to_vector, vector_to_model
 
 SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
 CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]

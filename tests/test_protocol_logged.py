@@ -10,11 +10,11 @@ from algorithms.base import AlgoContext, ClientJob
 from algorithms.fedobp import FedOBP, FedOBPParams, num_personal, scheduled_q
 from algorithms.fedrep import FedRep, FedRepParams
 from algorithms.lgfedavg import LGFedAvg, LGFedAvgParams
-from harness.config import TrainSpec
-from harness.engine import Engine, run
+from harness.engine import open_run, run
+from harness.engine.worker import Worker
 from harness.models import build_model
-from harness.params import ParamSpec
-from harness.worker import Worker
+from protocol.params import ParamSpec
+from protocol.specs import TrainSpec
 from tests.conftest import metrics_history, small_config
 
 
@@ -43,9 +43,9 @@ def test_linear_q_schedule_sets_the_personal_count_of_each_round():
     g = rng.standard_normal(133).astype(np.float32)
     theta = rng.standard_normal(133).astype(np.float32)
     for rnd, expect in ((0, 133), (10, 13)):
-        payload, state = sched.server_prepare(0, rnd, g, {"theta": theta})
-        assert int(np.count_nonzero(payload["model"] == theta)) == expect
-        assert sched.round_metrics()["fedobp_q"] == pytest.approx(scheduled_q(rnd, 0.0, 0.9, 11))
+        sent = sched.server_prepare(0, rnd, g, {"theta": theta})
+        assert int(np.count_nonzero(sent.payload["model"] == theta)) == expect
+        assert sched.round_metrics({0: sent.note})["fedobp_q"] == pytest.approx(scheduled_q(rnd, 0.0, 0.9, 11))
 
 
 def test_fixed_q_is_the_default_and_unchanged_by_the_schedule_fields():
@@ -90,7 +90,7 @@ def test_lgfedavg_bottom_variant_averages_exactly_the_first_layer():
     g = np.zeros(spec.size, dtype=np.float32)
     ups = [ClientUpdate(cid=c, num_samples=n, upload={"model": np.full(spec.size, v, np.float32)}, state={})
            for c, n, v in ((0, 1, 1.0), (1, 3, 5.0))]
-    new = algo.aggregate(g, ups)
+    new = algo.aggregate(g, ups, {})
     assert np.all(new[expect] == 4.0) and np.all(new[~expect] == 0.0)
     top = LGFedAvg(LGFedAvgParams(), _ctx(model))  # the paper's direction: the classifier is global
     assert top.shared[spec.head_mask()].all() and not top.shared[expect].any()
@@ -101,7 +101,7 @@ def test_sampled_before_after_equals_a_hand_computation(tmp_path):
     cfg = small_config(tmp_path, "algorithm.name=fedper", "eval_sampled=true", "rounds=2")
     result = run(cfg, progress=False)
     # hand computation: replay round 2 with the engine's own pieces, evaluate each sampled client by hand
-    engine = Engine(cfg, progress=False)
+    engine = open_run(cfg, progress=False)
     worker = Worker(cfg.model_dump(mode="json"), engine.data)
     algo, trainer = worker.algo, worker.trainer
     rounds = []
@@ -110,7 +110,8 @@ def test_sampled_before_after_equals_a_hand_computation(tmp_path):
         correct_before = correct_after = total = 0
         updates = []
         for cid in sorted(int(c) for c in sampled):
-            payload, state = algo.server_prepare(cid, rnd, engine.global_vec, engine.store.get_many([cid])[cid])
+            sent = algo.server_prepare(cid, rnd, engine.global_vec, engine.store.get_many([cid])[cid])
+            payload, state = sent.payload, sent.state
             job = ClientJob(cid, rnd, payload, state)
             start = algo.merge_personal(payload["model"], state.get("personal"))
             c, _, n = trainer.evaluate(start, cid)

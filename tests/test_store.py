@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.store import DiskStore, MemoryStore
+from harness.engine.store import DiskStore, MemoryStore
 
 
 def _states(n: int, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from algorithms.base import ClientJob
+from harness.engine.training import LocalTrainer
 from harness.models import build_model
-from harness.params import ParamSpec, model_to_vector
-from harness.training import LocalTrainer
 from partitions import build_federated_dataset
+from protocol.params import ParamSpec, model_to_vector
 from tests.conftest import small_config
 
 

@@ -6,31 +6,18 @@ whole batch of clients, so a round costs one remote call per worker, not one per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from algorithms import registry
-from algorithms.base import AlgoContext, Algorithm, ClientJob, ClientUpdate
+from algorithms.base import AlgoContext, Algorithm
 from harness.config import RunConfig, validate
+from harness.engine.training import LocalTrainer
 from harness.models import build_model
-from harness.params import ParamSpec, model_to_vector
-from harness.rng import torch_generator
-from harness.training import LocalTrainer
 from partitions.federated import FederatedDataset
-
-
-@dataclass
-class ClientEval:
-    cid: int
-    n: int
-    correct: int  # personalized model
-    loss: float
-    global_correct: float  # global model (NaN where the algorithm has none)
-    global_loss: float
-    ft_correct: float = float("nan")  # personalized model after eval_finetune_epochs of fine-tuning
-    ft_loss: float = float("nan")
+from protocol.messages import ClientEval, ClientJob, ClientUpdate
+from protocol.params import ParamSpec, model_to_vector
+from protocol.rng import torch_generator
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -108,7 +95,7 @@ class Worker:
             correct, loss, n = self.trainer.evaluate(personal, job.cid)
             if not self.algo.has_global_model:
                 g_correct, g_loss = float("nan"), float("nan")
-            elif personal is job.payload["model"]:  # FedAvg-like: the personalized model is the global one
+            elif self.algo.personal_is_global():  # FedAvg-like: the personalized model is the global one
                 g_correct, g_loss = correct, loss
             else:
                 g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)

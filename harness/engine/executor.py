@@ -17,9 +17,9 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from harness.allocator import keep_freed_memory
 from harness.config import RunConfig
-from harness.worker import Worker
+from harness.engine.allocator import keep_freed_memory
+from harness.engine.worker import Worker
 from partitions.federated import FederatedDataset
 
 log = logging.getLogger(__name__)

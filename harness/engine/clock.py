@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import BudgetSpec
-from harness.rng import rng
+from protocol.rng import rng
 
 MBPS = 1e6 / 8  # bytes per second in one megabit per second
 
@@ -128,14 +128,17 @@ class VirtualClock:
     def client_seconds(self, cid: int, samples: int, bytes_down: int, bytes_up: int) -> float:
         return samples * float(self.p.seconds_per_sample[cid]) + self.comm_seconds(cid, bytes_down, bytes_up)
 
-    def settle(self, times: dict[int, float], k: int) -> tuple[list[int], list[int], float]:
-        """(kept clients, late clients, simulated round time) after training."""
+    def settle(self, times: dict[int, float], k: int, dropped_before: int = 0) -> tuple[list[int], list[int], float]:
+        """(kept clients, late clients, simulated round time) after training. Under a deadline the round
+        lasts until the deadline when anyone was late or could not start (dropped_before: clients that had
+        no time for min_steps), else until the last kept client finishes."""
         order = sorted(times, key=lambda c: (times[c], c))
         if self.spec.mode == "deadline":
             kept = [c for c in order if times[c] <= self.spec.deadline_s + 1e-9]
             kept_set = set(kept)
             late = [c for c in order if c not in kept_set]
-            round_time = self.spec.deadline_s if late else max((times[c] for c in kept), default=0.0)
+            waited = late or dropped_before
+            round_time = self.spec.deadline_s if waited else max((times[c] for c in kept), default=0.0)
         elif self.spec.mode == "overcommit":
             kept, late = order[:k], order[k:]
             round_time = max((times[c] for c in kept), default=0.0)

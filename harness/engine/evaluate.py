@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.worker import ClientEval
+from harness.engine.rounds import waves
+from protocol.messages import ClientEval, ClientJob
 
 
 def per_client_frame(evals: list[ClientEval]) -> pd.DataFrame:
@@ -64,3 +65,17 @@ def evaluation_metrics(evals: list[ClientEval], unseen: set[int]) -> tuple[dict[
         is_unseen = df["client"].isin(unseen)
         metrics |= summarize(df[is_unseen], "unseen_") | summarize(df[~is_unseen], "seen_")
     return metrics, df
+
+
+def evaluate_all(rnd: int, *, data, store, pending: dict, global_vec: np.ndarray, executor,
+                 unseen: set[int]) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every client (seen and unseen) on its test split, in waves like training; `pending` holds the states
+    this round produced that the store has not committed yet."""
+    evals = []
+    for batch_group in waves(list(range(data.num_clients)), executor.num_workers, data.sizes("test")):
+        wave = [c for chunk in batch_group for c in chunk]
+        states = store.get_many(wave)
+        states |= {c: pending[c] for c in wave if c in pending}
+        batches = [[ClientJob(c, rnd, {"model": global_vec}, states[c]) for c in chunk] for chunk in batch_group]
+        evals.extend(e for part in executor.map("evaluate", batches) for e in part)
+    return evaluation_metrics(evals, unseen)
