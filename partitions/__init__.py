@@ -1,25 +1,33 @@
-"""Data sources, partitioners, per-client splits, partition statistics.
+"""Data sources, partition schemes, per-client splits, partition statistics.
 
-build_federated_dataset = load a source -> deal examples to clients (a partitioner) -> split
+build_federated_dataset = load a source -> deal examples to clients (the spec's scheme) -> split
 each client locally (train / val / test) -> pick the unseen clients -> apply the per-client
 feature shift. Every random step draws from its own stream rng(seed, purpose), and the result
 (minus the shift, which is recomputed) is cached on disk keyed by data, spec and seed.
+
+Sources and schemes are registries: a user's module adds one with `@source("name")` or
+`@scheme("name", Params)` and names it in a spec (docs/partitions.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from harness.rng import rng
 from partitions.cache import PARTITION_FORMAT, PartitionCache, array_digest, digest
 from partitions.federated import ArrayData, FederatedDataset
-from partitions.partitioners import PARTITIONERS, apply_feature_shift, feature_shift_params, run_partitioner
-from partitions.sources import SOURCES, load_source
+from partitions.schemes import SCHEMES, Deal, run_scheme, scheme, scheme_label
+from partitions.shift import apply_feature_shift, feature_shift_params
+from partitions.sources import SOURCES, load_source, source
 from partitions.spec import DataSpec, FeatureShiftSpec, PartitionSpec
 from partitions.splits import split_owner
+from protocol.rng import rng
 
-__all__ = ["PARTITIONERS", "SOURCES", "ArrayData", "DataSpec", "FeatureShiftSpec", "FederatedDataset",
-           "PartitionSpec", "build_federated_dataset", "load_source", "partition_data"]
+__all__ = ["SCHEMES", "SOURCES", "ArrayData", "DataSpec", "Deal", "FeatureShiftSpec", "FederatedDataset",
+           "PartitionSpec", "build_federated_dataset", "load_source", "partition_data", "scheme", "scheme_label",
+           "source"]
+
+RESERVED_META = ("scheme", "unseen_clients", "num_samples", "assigned_samples", "feature_shift", "cache",
+                 "cache_key")
 
 
 def build_federated_dataset(data: DataSpec, partition: PartitionSpec, seed: int) -> FederatedDataset:
@@ -27,10 +35,11 @@ def build_federated_dataset(data: DataSpec, partition: PartitionSpec, seed: int)
 
 
 def partition_key(data: ArrayData, partition: PartitionSpec, seed: int) -> tuple[str, dict]:
+    """Cache key: the labels' fingerprint, the spec's identity dump and the seed (see cache.py)."""
     about = {"format": PARTITION_FORMAT, "dataset": data.name, "n": int(len(data.y)),
              "x_shape": list(data.x.shape), "x_dtype": str(data.x.dtype),
              "labels_sha256": array_digest(data.y, data.groups),
-             "partition": partition.model_dump(mode="json", exclude={"cache_dir"}), "seed": int(seed)}
+             "partition": partition.identity_dump(exclude={"cache_dir"}), "seed": int(seed)}
     return digest(about), about
 
 
@@ -45,21 +54,7 @@ def partition_data(data: ArrayData, partition: PartitionSpec, seed: int) -> Fede
         index, offsets, train_clients, meta = hit["index"], hit["offsets"], hit["train_clients"], hit["meta"]
         status = "hit"
     else:
-        owner = run_partitioner(data.y, partition, rng(seed, "partition"), groups=data.groups)
-        index, offsets = split_owner(owner, k, partition.test_fraction, partition.val_fraction,
-                                     rng(seed, "local-split"))
-        n_unseen = int(round(partition.unseen_fraction * k))
-        unseen = rng(seed, "unseen").choice(k, n_unseen, replace=False)
-        train_clients = np.setdiff1d(np.arange(k), unseen)
-        meta = {"scheme": partition.scheme, "unseen_clients": np.sort(unseen).tolist(),
-                "num_samples": int(len(data.y)), "assigned_samples": int((owner >= 0).sum())}
-        if partition.scheme == "natural":
-            client_group = np.full(k, -1, dtype=np.int64)
-            client_group[owner[owner >= 0]] = data.groups[owner >= 0]
-            meta["client_groups"] = client_group.tolist()
-        if partition.feature_shift.kind != "none":
-            params = feature_shift_params(partition.feature_shift, k, rng(seed, "feature-shift"))
-            meta["feature_shift"] = {name: values.tolist() for name, values in params.items()}
+        index, offsets, train_clients, meta = _deal_and_split(data, partition, seed)
         if cache:
             cache.save(key, label, index, offsets, train_clients, meta, about)
         status = "miss" if cache else "off"
@@ -70,3 +65,25 @@ def partition_data(data: ArrayData, partition: PartitionSpec, seed: int) -> Fede
         fed.x = apply_feature_shift(data.x, fed.owner(), np.asarray(shift["degrees"], dtype=np.float64),
                                     np.asarray(shift["noise_std"], dtype=np.float64), rng(seed, "feature-shift-noise"))
     return fed
+
+
+def _deal_and_split(data: ArrayData, partition: PartitionSpec,
+                    seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict]:
+    """What the cache stores: CSR splits, training clients and meta (the scheme's own meta included)."""
+    k = partition.num_clients
+    dealt = run_scheme(data.y, partition, rng(seed, "partition"), groups=data.groups)
+    owner = dealt.owner
+    index, offsets = split_owner(owner, k, partition.test_fraction, partition.val_fraction, rng(seed, "local-split"))
+    n_unseen = int(round(partition.unseen_fraction * k))
+    unseen = rng(seed, "unseen").choice(k, n_unseen, replace=False)
+    train_clients = np.setdiff1d(np.arange(k), unseen)
+    meta = {"scheme": partition.scheme, "unseen_clients": np.sort(unseen).tolist(),
+            "num_samples": int(len(data.y)), "assigned_samples": int((owner >= 0).sum())}
+    clash = sorted(set(dealt.meta) & set(RESERVED_META))
+    if clash:
+        raise ValueError(f"scheme {partition.scheme}: its meta keys {', '.join(clash)} are reserved")
+    meta.update(dealt.meta)
+    if partition.feature_shift.kind != "none":
+        params = feature_shift_params(partition.feature_shift, k, rng(seed, "feature-shift"))
+        meta["feature_shift"] = {name: values.tolist() for name, values in params.items()}
+    return index, offsets, train_clients, meta

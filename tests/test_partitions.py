@@ -16,7 +16,7 @@ import pytest
 from harness.config import ConfigError, load_config
 from partitions import build_federated_dataset, partition_data
 from partitions.federated import ArrayData, FederatedDataset
-from partitions.partitioners import PARTITIONERS
+from partitions.schemes import SCHEMES as PARTITIONERS
 from partitions.sources import load_source
 from partitions.spec import DataSpec, PartitionSpec
 from partitions.splits import split_counts
@@ -257,7 +257,7 @@ def test_hf_hub_name_not_cached_fails_at_once(monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"'nobody/no-such-set' is not in the local Hugging Face cache"):
         load_source(DataSpec(source="hf", name="nobody/no-such-set", split="train"))
     # without HF_HUB_OFFLINE an unreachable hub is detected and treated as offline, instead of retrying
-    import partitions.sources as sources
+    import partitions.sources.hf as sources
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

@@ -1,0 +1,71 @@
+"""The data-source registry: name -> Source, and load_source, the one entry point.
+
+A source is a function DataSpec -> ArrayData (all examples in one array; the partition does
+the rest). The built-in sources live beside this file by job (local arrays, torchvision, Hugging
+Face); a user's module adds one with the same decorator (docs/partitions.md has an example):
+
+    @source("my-csv", splits=("train", "test"))
+    def my_csv(spec: DataSpec) -> ArrayData: ...
+
+DataSpec looks the name up when a spec is validated, so a source registered after partitions
+was imported is as valid as a built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from partitions.federated import ArrayData
+from partitions.spec import DataSpec
+
+SourceFn = Callable[[DataSpec], ArrayData]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered source. `splits`: the values of data.split it knows (null and "all", which pool
+    them, are always allowed); None accepts any value (e.g. the split expressions of `hf`)."""
+
+    name: str
+    load: SourceFn
+    splits: tuple[str, ...] | None = None
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def source(name: str, splits: tuple[str, ...] | None = None) -> Callable[[SourceFn], SourceFn]:
+    """Register the decorated function as data source `name` (data.source: name)."""
+
+    def deco(fn: SourceFn) -> SourceFn:
+        if not name or name in SOURCES:
+            raise ValueError(f"data source name {name!r} is empty or already registered")
+        SOURCES[name] = Source(name, fn, tuple(splits) if splits is not None else None)
+        return fn
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a source (a test's own source, or a notebook cell that registers it again)."""
+    SOURCES.pop(name, None)
+
+
+def load_source(spec: DataSpec) -> ArrayData:
+    """Load spec's source, then apply the options every source shares: invert and max_samples."""
+    if spec.source not in SOURCES:
+        raise ValueError(f"unknown data source {spec.source!r}; choose one of: {', '.join(sorted(SOURCES))}")
+    data = SOURCES[spec.source].load(spec)
+    if not isinstance(data, ArrayData):
+        raise TypeError(f"data source {spec.source}: returned {type(data).__name__}, not an ArrayData "
+                        f"(partitions.sources.common.make_data builds one from arrays)")
+    if spec.invert:
+        x = 255 - data.x if data.x.dtype == np.uint8 else (1.0 - data.x).astype(data.x.dtype)
+        data = ArrayData(x, data.y, data.num_classes, tuple(1.0 - m for m in data.mean), data.std, data.name,
+                         data.groups, data.class_names, data.columns)
+    if spec.max_samples is not None and spec.max_samples < len(data.y):
+        data = data.subset(slice(0, spec.max_samples))
+    return data
