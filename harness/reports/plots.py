@@ -4,6 +4,11 @@ Each algorithm is one line (mean over its seeds) with a band from the lowest to 
 seed: with 3 seeds a min-max band shows every seed, where a +-std band would pretend to know a
 distribution. On the time panel each point sits at the round's simulated time averaged over the
 seeds (device draws differ per seed, so seeds reach a round at different simulated times).
+
+Figures are built as matplotlib.figure.Figure objects, not through pyplot: pyplot keeps one
+global registry of figures per process, which is neither thread-safe nor needed to write a PNG,
+so these plots can be drawn while study cells plot their own curves in other threads, and no
+backend has to be chosen on import.
 """
 
 from __future__ import annotations
@@ -11,11 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def plot_slug(dataset: str, partition: str) -> str:
@@ -34,7 +36,8 @@ def plot_study_curves(curves: pd.DataFrame, runs: pd.DataFrame, out_dir: Path,
     merged = curves.merge(runs[["run_id", "dataset", "partition", "budget", "label"]], on="run_id")
     for (dataset, partition), block in merged.groupby(["dataset", "partition"], sort=True):
         several_budgets = block["budget"].nunique() > 1
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        axes = fig.subplots(1, 2)
         for (label, budget), lines in block.groupby(["label", "budget"], sort=True):
             name = f"{label} [{budget}]" if several_budgets else label
             acc = lines.pivot_table(index="step", columns="run_id", values=metric, aggfunc="last").dropna()
@@ -59,6 +62,5 @@ def plot_study_curves(curves: pd.DataFrame, runs: pd.DataFrame, out_dir: Path,
         fig.tight_layout()
         path = out_dir / f"{plot_slug(dataset, partition)}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths

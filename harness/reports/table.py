@@ -1,4 +1,10 @@
-"""Plain-text result tables for the terminal."""
+"""Plain-text result tables for the terminal: the rows `fedharness run` / `resume` print at the end.
+
+Kept apart from the leaderboard (harness.reports.render): these are rows of single runs as the
+engine returned them, printed at once, with no MLflow and no aggregation over seeds. Accuracies
+are shown in %, times in simulated seconds, bytes in MB; pandas' to_markdown needs `tabulate`,
+and without it the table falls back to plain text rather than failing at the end of a run.
+"""
 
 from __future__ import annotations
 

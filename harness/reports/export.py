@@ -1,0 +1,112 @@
+"""Exporting a leaderboard: collect -> rank -> render, written to files and logged to MLflow.
+
+    exports/<experiment>/leaderboard.{md,csv,tex,html}, runs.csv, plots/*.png
+
+Why:
+- leaderboard.csv holds every aggregated column (means, stds, n, seeds, run ids) and runs.csv one
+  row per counted run, so any other table (e.g. docs/offline_study/table.py) can be derived
+  without going back to MLflow.
+- The export is also logged to one `leaderboard` run of the experiment (log_export), reused on
+  each export, so the MLflow UI shows the current leaderboard next to the runs it ranks. That run
+  carries no config hash, so studies and later exports ignore it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness.reports.collect import load_runs
+from harness.reports.rank import aggregate
+from harness.reports.render import caption, display_frame, to_html, to_latex, to_markdown
+
+
+@dataclass
+class Export:
+    table: pd.DataFrame
+    markdown: str
+    paths: dict[str, Path]
+    plots: list[Path]
+    caption: str
+
+
+def export(tracking_uri: str | None, experiment: str, out_dir: str | Path, metric: str = "final",
+           target: float = 0.8, study: str | None = None, formats: tuple[str, ...] = ("md", "csv", "tex", "html"),
+           plots: bool = True, log_to_mlflow: bool = True) -> Export:
+    from harness.tracking import tracking_uri as resolve
+
+    data = load_runs(tracking_uri, experiment, study=study, target=target)
+    if data.runs.empty:
+        raise ValueError(f"experiment {experiment!r} has no FINISHED fedharness runs"
+                         + (f" of study {study!r}" if study else ""))
+    table = aggregate(data.runs, metric, target)
+    shown, bold, shared = display_frame(table, metric, target)
+    cap = caption(experiment, table, metric, target, study, data.dropped, shared)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_paths: list[Path] = []
+    if plots:
+        from harness.reports.plots import plot_study_curves
+
+        plot_paths = plot_study_curves(data.curves, data.runs, out / "plots")
+    md = to_markdown(shown, bold, cap)
+    paths: dict[str, Path] = {}
+    if "md" in formats:
+        figs = "".join(f"\n![{p.stem}](plots/{p.name})\n" for p in plot_paths)
+        paths["md"] = out / "leaderboard.md"
+        paths["md"].write_text(md + figs)
+    if "csv" in formats:
+        paths["csv"] = out / "leaderboard.csv"
+        table.to_csv(paths["csv"], index=False)
+        paths["runs_csv"] = out / "runs.csv"
+        data.runs.drop(columns=["params"]).to_csv(paths["runs_csv"], index=False)
+    if "tex" in formats:
+        paths["tex"] = out / "leaderboard.tex"
+        paths["tex"].write_text(to_latex(shown, bold, cap, table))
+    if "html" in formats:
+        paths["html"] = out / "leaderboard.html"
+        paths["html"].write_text(to_html(shown, bold, cap, table, plot_paths, f"Leaderboard: {experiment}",
+                                         resolve(tracking_uri)), encoding="utf-8")
+    if log_to_mlflow:
+        log_export(resolve(tracking_uri), experiment, metric, list(paths.values()), plot_paths)
+    return Export(table, md, paths, plot_paths, cap)
+
+
+def log_export(uri: str, experiment: str, metric: str, files: list[Path], plots: list[Path]) -> str:
+    """Tables and plots go to one `leaderboard` run of the experiment (reused on each export, so
+    the experiment holds one current leaderboard; it has no config hash, so studies ignore it)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], "tags.`fedharness.kind` = 'leaderboard'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(exp.experiment_id, tags={"mlflow.runName": "leaderboard",
+                                                            "fedharness.kind": "leaderboard"}).info.run_id
+    client.set_tag(run_id, f"fedharness.leaderboard.{metric}", datetime.now(timezone.utc).isoformat())
+    for f in files:
+        client.log_artifact(run_id, str(f), f"leaderboard/{metric}")
+    for p in plots:
+        client.log_artifact(run_id, str(p), "plots")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def print_leaderboard(tracking_uri: str | None, experiment: str, metric: str = "final", target: float = 0.8,
+                      study: str | None = None) -> str:
+    """The Markdown table on stdout only (what `fedharness study` prints at its end); writes no file."""
+    data = load_runs(tracking_uri, experiment, study=study, target=target)
+    if data.runs.empty:
+        print(f"(no finished runs in experiment {experiment!r})")
+        return ""
+    table = aggregate(data.runs, metric, target)
+    shown, bold, shared = display_frame(table, metric, target)
+    md = to_markdown(shown, bold, caption(experiment, table, metric, target, study, data.dropped, shared))
+    print(md)
+    return md

@@ -1,0 +1,94 @@
+"""`fedharness study`: run every cell of a study spec, then print its leaderboard.
+
+    fedharness study runs/studies/demo.yaml [overrides...] [--parallel N] [--dry-run] [--quiet]
+
+Re-running the same command skips FINISHED cells, resumes interrupted ones from their
+checkpoints and reruns failed ones (harness.studies.state), so "run it again" is the answer to
+every interruption. --quiet is passed down as progress=False (no bars, still one line per
+finished cell); it does not go through the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.config import ConfigError
+from harness.studies.runner import run_study
+from harness.studies.spec import Study, load_study
+from harness.studies.state import CellState, cell_states
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedharness study", description="run every cell of a study spec "
+                                "(one MLflow run per cell; re-running skips FINISHED cells)")
+    p.add_argument("spec", help="study spec YAML (runs/studies/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every cell, e.g. rounds=5")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--parallel", type=int, help="cells at once (overrides parallel_cells; limited by free CPUs)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and what a run would do, run nothing")
+    p.add_argument("--no-resume", action="store_true", help="rerun interrupted cells from scratch")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    p.add_argument("--until-round", type=int, metavar="R",
+                   help="breadth first: take every cell to round R, then stop it (resumable; run again with a "
+                        "larger R, or without the flag, to continue each cell from its checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
+    p.add_argument("--no-table", action="store_true", help="skip the leaderboard printed at the end")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    from harness import interrupts
+
+    interrupts.install()
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.until_round is not None and args.until_round < 1:
+        raise ConfigError(f"--until-round must be >= 1, got {args.until_round}")
+    study = load_study(args.spec, args.overrides, tracking_uri=args.tracking_uri, parallel_cells=args.parallel)
+    if args.dry_run:
+        return _print_plan(study, resume=not args.no_resume)
+    n = len(study.cells)
+    print(f"study {study.name}: {n} cells -> experiment {study.experiment!r} at {study.tracking_uri}", flush=True)
+    outcome = run_study(study, progress=not args.quiet, resume=not args.no_resume, fail_fast=args.fail_fast,
+                        until_round=args.until_round)
+    print(f"study {study.name}: {len(outcome.skipped)} already finished, {len(outcome.ran)} run, "
+          f"{len(outcome.resumed)} resumed, {len(outcome.failed)} failed, "
+          f"{n - len(outcome.skipped) - len(outcome.ran) - len(outcome.resumed) - len(outcome.failed)} not run; "
+          f"{outcome.wall_s:.1f} s", flush=True)
+    for i, reason in sorted(outcome.failed.items()):
+        print(f"  cell {i + 1} ({study.cells[i].label}) failed: {reason}", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"fedharness: study interrupted; finished runs are kept. Run `fedharness study {args.spec}` again "
+              "to complete the missing cells.", file=sys.stderr)
+        return 130
+    if args.until_round is not None:
+        print(f"study {study.name}: cells stop at round {args.until_round}; run again with a larger --until-round "
+              "(or without it) to continue them", flush=True)
+    if not args.no_table and not outcome.failed and args.until_round is None:
+        from harness.reports.export import print_leaderboard
+
+        print_leaderboard(study.tracking_uri, study.experiment, study=study.name)
+    return 1 if outcome.failed else 0
+
+
+def _print_plan(study: Study, resume: bool) -> int:
+    """--dry-run: each cell's hash and what a run would do with it; never creates a store."""
+    path = study.tracking_uri
+    states = cell_states(study, resume=resume) if _store_exists(path) else {}
+    print(f"study {study.name}: {len(study.cells)} cells -> experiment {study.experiment!r} at {path}")
+    for cell in study.cells:
+        st = states.get(cell.index, CellState("todo"))
+        extra = f" ({st.previous} run {st.run_id})" if st.run_id else ""
+        print(f"  {cell.index + 1:>3}  {st.action:<6} {cell.hash}  {cell.label}{extra}")
+    return 0
+
+
+def _store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
