@@ -1,7 +1,9 @@
-"""Models. Every model is `head(body(x))`: `body` is the representation, `head` the classifier.
+"""Models, by name. Every model is `head(body(x))`: `body` is the representation, `head` the classifier.
 
 Decoupling algorithms (FedPer, FedRep, LG-FedAvg, FedBABU, FedRoD, FedOBP classifier-only)
-read the split from the tensor names: everything under `head.` is the classifier.
+read the split from the tensor names: everything under `head.` is the classifier. A model is a
+function (input_shape, num_classes, **options) -> BodyHead registered with `@model("name")`, here or
+in a plugin module (harness.plugins).
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ def _flat_dim(body: nn.Module, input_shape: tuple[int, ...]) -> int:
         return int(body(torch.zeros(1, *input_shape)).shape[1])
 
 
+MODELS: dict[str, Callable[..., BodyHead]] = {}
+
+
+def model(name: str) -> Callable[[Callable[..., BodyHead]], Callable[..., BodyHead]]:
+    """Register a model builder under `name` (model.name in a spec)."""
+    def deco(fn: Callable[..., BodyHead]) -> Callable[..., BodyHead]:
+        if name in MODELS and MODELS[name] is not fn:
+            raise ValueError(f"model name {name!r} is already registered")
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+@model("avgcnn")
 def avgcnn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     """The FedOBP/FL-bench reference CNN: conv5x5-32, pool, conv5x5-64, pool, fc-512, classifier.
 
@@ -45,6 +61,7 @@ def avgcnn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     return BodyHead(body, nn.Linear(512, num_classes))
 
 
+@model("mlp")
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> BodyHead:
     """Two hidden ReLU layers; the default for small inputs such as the 8x8 digits."""
     dim = 1
@@ -54,6 +71,7 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> Bo
     return BodyHead(body, nn.Linear(hidden, num_classes))
 
 
+@model("resnet18")
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     """torchvision ResNet-18 adapted to small images: 3x3 stem with stride 1, no max-pool."""
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
@@ -64,10 +82,11 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     return BodyHead(net, head)
 
 
-MODELS: dict[str, Callable[..., BodyHead]] = {"avgcnn": avgcnn, "mlp": mlp, "resnet18": resnet18}
-
-
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> BodyHead:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](tuple(input_shape), num_classes, **options)
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    net = MODELS[name](tuple(input_shape), num_classes, **options)
+    if not isinstance(net, BodyHead):
+        raise ValueError(f"model {name!r} must return a harness.models.BodyHead (body + head), "
+                         f"got {type(net).__name__}")
+    return net

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import leaderboard as lb
+from harness import reports as lb
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A finished study: 2 algorithms x 2 partitions x 2 seeds, in-process workers, 3 rounds."""
-    from harness.study import load_study, run_study
+    from harness.studies import load_study, run_study
 
     tmp = tmp_path_factory.mktemp("lb")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -49,7 +49,7 @@ def exported(store):
 
 
 def _truth(uri: str, target: float) -> pd.DataFrame:
-    """Per-run numbers recomputed straight from MLflow (not through harness.leaderboard)."""
+    """Per-run numbers recomputed straight from MLflow (not through harness.reports)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lbtest")
     rows = []
@@ -133,7 +133,7 @@ def test_aggregation_ranking_and_best_on_synthetic_runs():
 def test_one_run_per_setting_and_seed_and_variants_are_separate_rows(store, tmp_path):
     """A rerun of a finished seed is counted once; another hyperparameter value is its own row."""
     from harness.engine import run
-    from harness.study import load_study
+    from harness.studies import load_study
 
     _, tmp = store
     shutil.copy(tmp / "mlflow.db", tmp_path / "mlflow.db")  # leave the shared store as it is
@@ -286,7 +286,7 @@ def test_html_renders_in_headless_chromium(exported, tmp_path):
 
 # ----- ui --------------------------------------------------------------------------------------
 def test_ui_binds_localhost_with_one_worker_and_no_jobs(tmp_path):
-    from harness import ui
+    from harness.cli import ui
 
     cmd = ui.build_command(f"sqlite:///{tmp_path}/m.db", 5123)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
@@ -297,7 +297,7 @@ def test_ui_binds_localhost_with_one_worker_and_no_jobs(tmp_path):
 
 
 def test_ui_serves_the_store_on_a_free_port(store):
-    from harness import ui
+    from harness.cli import ui
 
     uri, _ = store
     proc, url = ui.start(uri, ui.free_port())

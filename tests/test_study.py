@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.config import ConfigError
-from harness.study import Cell, load_study, run_study
+from harness.studies import Cell, load_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "runs" / "studies" / "tiny.yaml"
@@ -306,10 +306,10 @@ def test_ray_study_sequential_and_parallel_match_in_process_runs(tmp_path, ray_s
 @pytest.mark.parametrize(("cpus", "overlap"), [(2.0, False), (1.0, True)])
 def test_parallel_cells_start_only_when_their_cpus_fit(tmp_path, monkeypatch, cpus, overlap):
     """Capacity 2 CPUs: cells needing 2 run one at a time (no half-placed actor sets), cells needing 1 pair up."""
-    import harness.study as study_mod
+    import harness.studies.runner as runner_mod
 
-    monkeypatch.setattr(study_mod, "_cluster_capacity", lambda: (2.0, 0.0))
-    monkeypatch.setattr(study_mod.Cell, "cpus", property(lambda self: cpus))
+    monkeypatch.setattr(runner_mod, "_cluster_capacity", lambda: (2.0, 0.0))
+    monkeypatch.setattr(Cell, "cpus", property(lambda self: cpus))
     uri, extra = _paths(tmp_path)
     study = load_study(_spec(grid={"seed": [0, 1, 2, 3]}, parallel_cells=4), [*extra, "rounds=4"],
                        tracking_uri=uri)

@@ -30,10 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 
     alg = sub.add_parser("algorithms", help="list algorithms with their hyperparameters and defaults")
     alg.add_argument("--markdown", action="store_true")
+    _plugin_option(alg)
 
     val = sub.add_parser("validate", help="check a spec and print the resolved config")
     val.add_argument("spec")
     val.add_argument("overrides", nargs="*")
+    _plugin_option(val)
 
     for name, helptext in (("partition", "summarize a partition and draw its heatmap"),
                            ("study", "run a grid of specs (one MLflow run per cell)"),
@@ -46,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
+    _plugin_option(p)
+
+
+def _plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="a module (dotted path or .py file) registering algorithms/models/data sources/schemes; "
+                        "added to the spec's `plugins` (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    if getattr(args, "quiet", False):
-        os.environ["FEDHARNESS_QUIET"] = "1"
     from harness import interrupts
 
     interrupts.install()
@@ -85,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 def _delegate(command: str, argv: list[str]) -> int:
     import importlib
 
-    module = {"partition": "partitions.cli", "study": "harness.study", "leaderboard": "harness.leaderboard",
-              "ui": "harness.ui"}[command]
+    module = {"partition": "harness.cli.partition", "study": "harness.studies.cli",
+              "leaderboard": "harness.reports.cli", "ui": "harness.cli.ui"}[command]
     try:
         return importlib.import_module(module).main(argv)
     except ConfigError as err:
@@ -105,12 +112,12 @@ def _with_tracking(cfg: RunConfig, uri: str | None) -> RunConfig:
 
 def cmd_run(args) -> int:
     from harness.engine import run
-    from harness.report import print_table
+    from harness.reports.table import print_table
 
-    cfg = _with_tracking(load_config(args.spec, args.overrides), args.tracking_uri)
+    cfg = _with_tracking(load_config(args.spec, args.overrides, plugins=args.plugin), args.tracking_uri)
     algorithms = args.compare.split(",") if args.compare else [cfg.algorithm.name]
-    configs = [load_config(args.spec, [*args.overrides, f"algorithm.name={a}"]) if args.compare else cfg
-               for a in algorithms]
+    configs = [load_config(args.spec, [*args.overrides, f"algorithm.name={a}"], plugins=args.plugin)
+               if args.compare else cfg for a in algorithms]
     rows = []
     for c in configs:
         _with_tracking(c, args.tracking_uri)
@@ -124,7 +131,7 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     from harness.engine import resume
-    from harness.report import print_table
+    from harness.reports.table import print_table
 
     result = resume(args.run_id, args.checkpoint_dir, progress=not args.quiet)
     print_table([{"algorithm": result.config.algorithm.name, "run_id": result.run_id,
@@ -135,14 +142,17 @@ def cmd_resume(args) -> int:
 def cmd_validate(args) -> int:
     import yaml
 
-    cfg = load_config(args.spec, args.overrides)
+    cfg = load_config(args.spec, args.overrides, plugins=args.plugin)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 
 def cmd_algorithms(args) -> int:
     from algorithms import registry
+    from harness import plugins
 
+    plugins.load_installed()
+    plugins.load(args.plugin)
     if args.markdown:
         print(algorithms_markdown())
         return 0

@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
                                                              "(default ./partition_report)")
     p.add_argument("--max-clients", type=int, default=200, help="clients drawn in the heatmap (default 200)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the partition cache")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="a module registering data sources / partition schemes (repeatable)")
     return p
 
 
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        cfg = load_config(args.spec, [*args.overrides, *(["partition.cache_dir=null"] if args.no_cache else [])])
-        from partitions import build_federated_dataset
+        cfg = load_config(args.spec, [*args.overrides, *(["partition.cache_dir=null"] if args.no_cache else [])],
+                          plugins=args.plugin)
+        from partitions import build_federated_dataset, scheme_label
         from partitions.stats import format_summary, partition_summary, save_partition_artifacts
 
         t0 = time.perf_counter()
@@ -42,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedharness partition: error: {err}", file=sys.stderr)
         return 2
     p = cfg.partition
-    params = {"dirichlet": f"alpha={p.alpha}", "pathological": f"classes_per_client={p.classes_per_client}",
-              "shards": f"shards_per_client={p.shards_per_client}",
-              "quantity": f"{p.quantity_distribution}"}.get(p.scheme, "")
     shift = "" if p.feature_shift.kind == "none" else f", feature shift {p.feature_shift.kind}"
-    print(f"{fed.name}: {p.scheme}{f' ({params})' if params else ''}{shift}, {p.num_clients} clients, "
+    print(f"{fed.name}: {scheme_label(p)}{shift}, {p.num_clients} clients, "
           f"seed {cfg.seed}; built in {seconds:.2f}s (cache {fed.meta.get('cache')})")
     print(format_summary(partition_summary(fed)))
     for path in paths:

@@ -1,0 +1,5 @@
+"""`python -m harness.cli ...` = `fedharness ...`."""
+
+from harness.cli.main import main
+
+raise SystemExit(main())
