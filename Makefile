@@ -16,10 +16,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedharness run runs/quickstart.yaml --compare fedavg,local,fedper,fedrep,fedala,fedobp
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 FEDHARNESS_QUIET=1 $(BIN)/python -m pytest -m "not slow" -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 FEDHARNESS_QUIET=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check harness algorithms partitions tests bench

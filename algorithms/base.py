@@ -62,12 +62,20 @@ class Algorithm:
     #: averages; FedPer/FedRep never average the head, LG-FedAvg the body): its global_* metrics
     #: would measure an untrained part, so they are reported as NaN and not computed.
     has_global_model: ClassVar[bool] = True
+    #: True for algorithms that split the model into a shared and a personal part (FedPer, FedRep, LG-FedAvg,
+    #: FedBABU): a model whose split leaves either part empty is refused with a clear error
+    needs_split: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: AlgoContext):
         self.params = params
         self.ctx = ctx
         self.spec = ctx.spec
         self.shared = self.shared_mask()
+        if self.needs_split and (self.shared.all() or not self.shared.any()):
+            empty = "personal" if self.shared.all() else "shared"
+            raise ValueError(f"{self.name}: this model leaves the {empty} part empty (tensors: "
+                             f"{', '.join(self.spec.names)}); {self.name} needs both, with the classifier's "
+                             "tensors named head.* (harness.models.BodyHead)")
 
     # ----- model ------------------------------------------------------------------------
     def build_model(self, model: nn.Module) -> nn.Module:

@@ -40,6 +40,7 @@ class FedBABU(Algorithm):
     """FedBABU: only the body is trained and averaged (head frozen at init); the model is fine-tuned at evaluation."""
 
     name = "fedbabu"
+    needs_split = True
     Params = FedBABUParams
     source = "Oh et al. 2022; fine-tune 5 epochs, full model (Flower FedBABU baseline)"
 

@@ -55,6 +55,7 @@ class FedPer(Algorithm):
     """FedPer: shared base layers averaged by the server, personalization layers (the head) kept on each client."""
 
     name = "fedper"
+    needs_split = True
     Params = FedPerParams
     source = "Arivazhagan et al. 2019 (K_P personalization layers); K_P=1 (head) as in PFLlib/FL-bench/FedOBP paper"
     has_global_model = False  # the head is never averaged (FedRep, LG-FedAvg: likewise a part)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, out: Path, *extra: str) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", FEDHARNESS_QUIET="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / name), "--quick", "--out", str(out), *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

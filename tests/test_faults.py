@@ -79,7 +79,7 @@ def test_driver_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
     cfg = small_config(tmp_path, "tracking.enabled=true", "rounds=12", "algorithm.name=fedavg",
                        "store.backend=disk", "train.local_epochs=4")
     spec.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
-    env = {**os.environ, "FEDHARNESS_QUIET": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(spec)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = None

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, small_config
 
 
 def test_two_node_cluster_run_matches_single_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDHARNESS_QUIET": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.multinode_run"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

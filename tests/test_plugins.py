@@ -103,3 +103,20 @@ def test_readme_shows_exactly_the_tested_examples():
     assert blocks[1] == (ROOT / "docs" / "examples" / "my_lenet5.py").read_text()
     doc = (ROOT / "docs" / "partitions.md").read_text().split("## Adding a scheme or a data source")[1]
     assert blocks[2:4] == re.findall(r"```python\n(.*?)```", doc.split("\n## ")[0], flags=re.S)
+
+
+def test_a_model_that_leaves_the_shared_part_empty_is_a_clear_error_for_split_algorithms(tmp_path):
+    from torch import nn
+
+    from harness.models import BodyHead, model
+
+    @model("test_head_only")
+    def head_only(input_shape, num_classes):
+        return BodyHead(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))  # the body has no tensors
+
+    run(small_config(tmp_path / "a", "model.name=test_head_only", "model.options={}", "rounds=1"), progress=False)
+    for algorithm in ("fedper", "fedrep", "lgfedavg", "fedbabu"):  # FedRoD splits head vs phead: fine
+        cfg = small_config(tmp_path / algorithm, "model.name=test_head_only", "model.options={}",
+                           f"algorithm.name={algorithm}", "rounds=1")
+        with pytest.raises(ValueError, match=f"{algorithm}: this model leaves the (shared|personal) part empty"):
+            run(cfg, progress=False)

@@ -176,7 +176,7 @@ def test_cli_study_prints_progress_and_leaderboard(tmp_path, capsys):
 # ----- killing a study mid-way ------------------------------------------------------------------
 def _start_study(tmp_path: Path, spec: Path, extra: list[str], uri: str) -> subprocess.Popen:
     MlflowClient(uri).search_experiments()  # create the store now: two processes migrating one new DB collide
-    env = {**os.environ, "FEDHARNESS_QUIET": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "study", str(spec), *extra, "--tracking-uri", uri,
                              "--quiet", "--no-table"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
