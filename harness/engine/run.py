@@ -50,8 +50,13 @@ def open_run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool 
              listeners: Sequence[RoundListener] = (), evaluate: bool = True) -> Engine:
     """A new run, built and ready to loop: tracked in MLflow when cfg.tracking.enabled."""
     tracker = _tracker(cfg, tags=tags)
-    return Engine(cfg, run_id=tracker.run_id if tracker else None, listeners=_standard(tracker, progress, listeners),
-                  evaluate=evaluate)
+    try:
+        return Engine(cfg, run_id=tracker.run_id if tracker else None,
+                      listeners=_standard(tracker, progress, listeners), evaluate=evaluate)
+    except BaseException as err:  # e.g. unreadable data: the MLflow run must not stay RUNNING
+        if tracker is not None:
+            tracker.end("FAILED" if isinstance(err, Exception) else "KILLED", f"{type(err).__name__}: {err}")
+        raise
 
 
 def reopen_run(meta: dict, progress: bool = True, listeners: Sequence[RoundListener] = ()) -> Engine:
