@@ -106,10 +106,10 @@ def curve_means(ours: dict[str, dict], curves: pd.DataFrame) -> pd.DataFrame:
 def rank_agreement(comp: pd.DataFrame, at_round: int) -> tuple[pd.DataFrame, float, float]:
     """Ranks of the algorithms both sides have at `at_round` (FedOBP: the fixed-q variant), Kendall's tau."""
     both = comp[(comp["round"] == at_round) & comp["logged"].notna() & (comp["algorithm"] != "fedobp_scheduled")]
-    if len(both) < 3:
-        return both.assign(rank_ours=[], rank_logged=[]) if both.empty else both, float("nan"), float("nan")
     both = both.assign(rank_ours=both["ours"].rank(ascending=False).astype(int),
                        rank_logged=both["logged"].rank(ascending=False).astype(int))
+    if len(both) < 3:
+        return both.sort_values("rank_ours"), float("nan"), float("nan")
     tau, p = kendalltau(both["ours"], both["logged"])
     return both.sort_values("rank_ours"), float(tau), float(p)
 
@@ -139,8 +139,9 @@ def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path:
             part = log_curve[log_curve["round"] < max(last, 100)]
             axes[1].plot(part["round"] + 1, part["acc_before"].rolling(20, min_periods=1).mean(), ":",
                          color=colors[name])
-    axes[0].set_title("all clients, personalized model (o ours, x logged)")
-    axes[1].set_title("sampled clients before local training, 20-round mean (solid ours, dotted logged)")
+    axes[0].set_title("all clients, personalized model (o ours, x logged)", fontsize=10)
+    axes[1].set_title("sampled clients, before local training (20-round mean; solid ours, dotted logged)",
+                      fontsize=10)
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (%)")
