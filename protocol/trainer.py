@@ -7,7 +7,8 @@ the compute budget and count the work (steps, samples) that the virtual clock tu
 
 Building blocks, from the simplest:
 - `train(job, ...)`: a phase of plain local SGD (which tensors, how many epochs, an extra loss term,
-  another loss function, a per-step hook); returns that phase's `PhaseStats`;
+  another loss function, a hook before each optimizer step (e.g. SCAFFOLD's gradient correction) and one
+  after it (e.g. a projection)); returns that phase's `PhaseStats`;
 - `batches(job, epochs, cost=...)` / `batches_from(job, index)`: mini-batches for a custom loop,
   budget-aware and counted (`cost` = optimizer passes per batch, e.g. APFL's two);
 - `record_loss(loss)` / `mark_nonfinite()`: report the loss of a custom step (a NaN/inf stops the client);
@@ -82,7 +83,7 @@ class Trainer(Protocol):
     # ----- training ---------------------------------------------------------------------------------
     def train(self, job: ClientJob, epochs: int | None = None, names: list[str] | None = None,
               extra_loss: ExtraLoss | None = None, loss_fn=None, purpose: str = "batches",
-              after_step: StepHook | None = None) -> PhaseStats: ...
+              after_step: StepHook | None = None, before_step: StepHook | None = None) -> PhaseStats: ...
     def batches(self, job: ClientJob, epochs: int, purpose: str = "batches", split: str = "train",
                 cost: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def batches_from(self, job: ClientJob, index: np.ndarray,

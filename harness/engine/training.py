@@ -210,10 +210,12 @@ class LocalTrainer:
     def train(self, job: ClientJob, epochs: int | None = None, names: list[str] | None = None,
               extra_loss: ExtraLoss | None = None,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-              purpose: str = "batches", after_step: StepHook | None = None) -> PhaseStats:
+              purpose: str = "batches", after_step: StepHook | None = None,
+              before_step: StepHook | None = None) -> PhaseStats:
         """One phase of plain local SGD on the client's training split (stops on NaN/inf loss): `names`
         selects the trained tensors (others frozen), `extra_loss(model)` is added to the loss,
-        `after_step(model)` runs after each optimizer step (e.g. a projection). Returns the phase's work."""
+        `before_step(model)` runs between backward and the optimizer step (gradients in place: e.g. SCAFFOLD's
+        correction), `after_step(model)` after it (e.g. a projection). Returns the phase's work."""
         loss_fn = F.cross_entropy if loss_fn is None else loss_fn
         steps0, samples0, sum0, count0 = self._steps, self._samples, self._loss_sum, self._loss_count
         self.model.train()
@@ -226,6 +228,8 @@ class LocalTrainer:
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if before_step is not None:
+                before_step(self.model)
             opt.step()
             if after_step is not None:
                 after_step(self.model)
