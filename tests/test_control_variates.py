@@ -21,7 +21,7 @@ def _worker(tmp_path, algorithm, *overrides):
 
 def test_scaffold_control_update_is_option_two(tmp_path):
     worker, cfg = _worker(tmp_path, "scaffold")
-    algo, size = worker.algo, worker.algo.spec.size
+    size = worker.algo.spec.size
     rng = np.random.default_rng(0)
     x = worker.trainer.get_vector()
     c = (rng.normal(size=size) * 0.01).astype(np.float32)
