@@ -49,6 +49,9 @@ def avgcnn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
 
     On 3x32x32 inputs with 10 classes it has 878,538 parameters, as in the FedOBP paper.
     """
+    if len(input_shape) != 3:
+        raise ValueError(f"avgcnn needs C x H x W images, but each input has shape {tuple(input_shape)}; "
+                         f"use model.name=mlp for tables")
     channels, height, width = input_shape
     if min(height, width) < 16:
         raise ValueError(f"avgcnn needs images of at least 16x16, got {height}x{width}; use model.name=mlp")
@@ -58,6 +61,23 @@ def avgcnn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     )
     dim = _flat_dim(conv, input_shape)
     body = nn.Sequential(*conv, nn.Linear(dim, 512), nn.ReLU())
+    return BodyHead(body, nn.Linear(512, num_classes))
+
+
+@model("avgcnn_bn")
+def avgcnn_bn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """avgcnn with BatchNorm after both convolutions and the 512-unit layer (conv-BN-ReLU-pool, fc-BN-ReLU), the
+    placement of FedBN's (Li et al. 2021) convolutional models; what FedBN keeps local. 879,754 parameters and
+    1,216 running statistics on 3x32x32 inputs with 10 classes."""
+    channels, height, width = input_shape
+    if min(height, width) < 16:
+        raise ValueError(f"avgcnn_bn needs images of at least 16x16, got {height}x{width}; use model.name=mlp")
+    conv = nn.Sequential(
+        nn.Conv2d(channels, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    )
+    dim = _flat_dim(conv.eval(), input_shape)
+    body = nn.Sequential(*conv.train(), nn.Linear(dim, 512), nn.BatchNorm1d(512), nn.ReLU())
     return BodyHead(body, nn.Linear(512, num_classes))
 
 
@@ -74,6 +94,9 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> Bo
 @model("resnet18")
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     """torchvision ResNet-18 adapted to small images: 3x3 stem with stride 1, no max-pool."""
+    if len(input_shape) != 3:
+        raise ValueError(f"resnet18 needs C x H x W images, but each input has shape {tuple(input_shape)}; "
+                         f"use model.name=mlp for tables")
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

@@ -32,10 +32,16 @@ class ParamSpec:
 
     slots: tuple[TensorSlot, ...]
     head_prefixes: tuple[str, ...]
+    #: tensors (parameters and running statistics) of BatchNorm layers: what FedBN keeps local
+    batchnorm_names: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, model: nn.Module, head_prefixes: tuple[str, ...] = ("head.",)) -> ParamSpec:
         trainable = {n for n, p in model.named_parameters()}
+        batchnorm = frozenset(f"{module_name}.{tensor_name}" if module_name else tensor_name
+                              for module_name, module in model.named_modules()
+                              if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                              for tensor_name, _ in module.state_dict().items())
         slots, offset = [], 0
         for name, tensor in model.state_dict().items():
             if not torch.is_floating_point(tensor):
@@ -43,7 +49,7 @@ class ParamSpec:
             n = tensor.numel()
             slots.append(TensorSlot(name, tuple(tensor.shape), offset, offset + n, name in trainable))
             offset += n
-        return cls(tuple(slots), tuple(head_prefixes))
+        return cls(tuple(slots), tuple(head_prefixes), batchnorm)
 
     @property
     def size(self) -> int:

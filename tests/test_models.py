@@ -10,7 +10,7 @@ from torch import nn
 from harness.models import MODELS, build_model
 from protocol.params import ParamSpec, model_to_vector, vector_to_model
 
-SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
+SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "avgcnn_bn": [(3, 32, 32), (1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
 CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]
 
 
