@@ -99,7 +99,9 @@ class Algorithm:
 
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
         """Sample-weighted average of uploaded models over the shared elements (float64, cid order).
-        `notes` holds this round's server_prepare notes by client id (None: there are none)."""
+        `notes` holds this round's server_prepare notes by client id (None: there are none). The engine commits
+        each kept update's `state` after aggregate returns, so a server-side step on personal parts (FLUTE's
+        classifier step) may update those states here."""
         if not updates:
             return global_vec
         total = np.zeros(self.spec.size, dtype=np.float64)
