@@ -79,3 +79,29 @@ def test_they_learn_end_to_end(tmp_path, name):
     """Slower than FedAvg on non-IID clients (Krum keeps one client's model a round), but they learn."""
     result = run(small_config(tmp_path, f"algorithm.name={name}", "rounds=6"), progress=False)
     assert result.final["personal_acc"] > result.history[0]["personal_acc"] + 0.05
+
+
+def _q_ups(models, losses):
+    return [ClientUpdate(cid, 1, {"model": np.asarray(m, np.float32), "loss_before": np.array([f])}, {})
+            for cid, (m, f) in enumerate(zip(models, losses, strict=True))]
+
+
+def test_qffl_with_q_zero_is_the_uniform_average_and_q_one_follows_algorithm_two():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=22).astype(np.float32)
+    models = [rng.normal(size=22) for _ in range(3)]
+    losses = [0.5, 1.0, 2.0]
+    np.testing.assert_allclose(make("qffl", q=0.0).aggregate(x, _q_ups(models, losses)),
+                               np.mean([np.float32(m) for m in models], axis=0), atol=1e-6)
+    lr = TrainSpec().lr  # L = 1/lr
+    big_l = 1 / lr
+    dws = [big_l * (x.astype(np.float64) - np.float32(m)) for m in models]
+    delta = sum(f * dw for f, dw in zip(losses, dws, strict=True))
+    h = sum(1.0 * (dw @ dw) + big_l * f for f, dw in zip(losses, dws, strict=True))  # q F^0 ||dw||^2 + L F
+    np.testing.assert_allclose(make("qffl", q=1.0).aggregate(x, _q_ups(models, losses)), x - delta / h, atol=1e-6)
+
+
+def test_qffl_learns_end_to_end(tmp_path):
+    result = run(small_config(tmp_path, "algorithm.name=qffl", "rounds=6"), progress=False)
+    assert result.final["personal_acc"] > result.history[0]["personal_acc"] + 0.05
+    assert "client_loss_before_mean" in result.history[0]
