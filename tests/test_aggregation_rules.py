@@ -105,3 +105,24 @@ def test_qffl_learns_end_to_end(tmp_path):
     result = run(small_config(tmp_path, "algorithm.name=qffl", "rounds=6"), progress=False)
     assert result.final["personal_acc"] > result.history[0]["personal_acc"] + 0.05
     assert "client_loss_before_mean" in result.history[0]
+
+
+def test_dpfedavg_clips_each_update_and_adds_reproducible_noise_of_the_stated_scale():
+    from algorithms.dpfedavg import clip
+
+    x = np.zeros(22, dtype=np.float32)
+    big, small = np.full(22, 10.0), np.full(22, 0.01)
+    algo = make("dpfedavg", clip_norm=1.0, noise_multiplier=0.0)
+    out = algo.aggregate(x, ups([big, small], [1, 100]))
+    expected = (clip(big, 1.0) + small) / 2  # equal weights whatever the sizes; the big one is clipped to norm 1
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert np.linalg.norm(clip(big, 1.0)) == pytest.approx(1.0)
+    noisy = make("dpfedavg", clip_norm=1.0, noise_multiplier=2.0)
+    notes = {0: {"round": 3}, 1: {"round": 3}}
+    a = noisy.aggregate(x, ups([small, small], [1, 1]), notes)
+    b = noisy.aggregate(x, ups([small, small], [1, 1]), notes)
+    np.testing.assert_array_equal(a, b)  # same (seed, round): same noise
+    big_sample = make("dpfedavg", clip_norm=1.0, noise_multiplier=2.0)
+    noise = np.concatenate([big_sample.aggregate(x, ups([np.zeros(22)] * 2, [1, 1]), {0: {"round": r}})
+                            for r in range(200)])
+    assert noise.std() == pytest.approx(2.0 * 1.0 / 2, rel=0.05)  # sigma = z S / |S_t|
