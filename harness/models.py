@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -103,6 +104,51 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     head = net.fc
     net.fc = nn.Identity()
     return BodyHead(net, head)
+
+
+def _small_image_resnet(net: nn.Module, input_shape: tuple[int, ...], name: str) -> BodyHead:
+    if len(input_shape) != 3:
+        raise ValueError(f"{name} needs C x H x W images, but each input has shape {tuple(input_shape)}")
+    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    head, net.fc = net.fc, nn.Identity()
+    return BodyHead(net, head)
+
+
+@model("resnet34")
+def resnet34(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """torchvision ResNet-34 adapted to 32x32 images like resnet18 (3x3 stem, stride 1, no max-pool)."""
+    return _small_image_resnet(torchvision.models.resnet34(weights=None, num_classes=num_classes), input_shape,
+                               "resnet34")
+
+
+@model("mobilenetv2")
+def mobilenetv2(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> BodyHead:
+    """torchvision MobileNetV2 for small images: the first convolution gets stride 1 (as the CIFAR variants of
+    the literature do) and the input's channels; the final linear layer is the head (its dropout ends the body)."""
+    if len(input_shape) != 3:
+        raise ValueError(f"mobilenetv2 needs C x H x W images, but each input has shape {tuple(input_shape)}")
+    net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
+    first = net.features[0][0]
+    net.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=1, padding=1, bias=False)
+    dropout, linear = net.classifier  # torchvision: Dropout(0.2), Linear
+    body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), dropout)
+    return BodyHead(body, linear)
+
+
+@model("logreg")
+def logreg(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """Multinomial logistic regression (the LEAF / FedProx convex baseline): the body only flattens, so every
+    parameter is the head (decoupling algorithms that need a shared body refuse it)."""
+    return BodyHead(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
+
+
+@model("dnn")
+def dnn(input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> BodyHead:
+    """The 2-layer DNN of McMahan et al. 2017 (two hidden ReLU layers of 200 units on MNIST)."""
+    body = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.ReLU())
+    return BodyHead(body, nn.Linear(hidden, num_classes))
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> BodyHead:

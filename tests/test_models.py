@@ -10,7 +10,9 @@ from torch import nn
 from harness.models import MODELS, build_model
 from protocol.params import ParamSpec, model_to_vector, vector_to_model
 
-SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "avgcnn_bn": [(3, 32, 32), (1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
+SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "avgcnn_bn": [(3, 32, 32), (1, 28, 28)],
+          "resnet34": [(3, 32, 32)], "mobilenetv2": [(3, 32, 32), (1, 28, 28)], "logreg": [(1, 28, 28)],
+          "dnn": [(1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
 CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]
 
 
@@ -68,6 +70,8 @@ def test_unknown_model_lists_the_choices():
 
 @pytest.mark.parametrize(("name", "shape"), CASES)
 def test_every_model_names_its_head_and_the_head_is_the_last_linear(name, shape):
+    if name == "logreg":
+        pytest.skip("logistic regression is all head by definition (test_dnn_has_mcmahan_2nn_size_and_logreg...)")
     model = build_model(name, shape, 10)
     spec = ParamSpec.of(model)
     assert spec.head_names() == ["head.weight", "head.bias"]
@@ -113,3 +117,9 @@ def test_vector_round_trip_is_exact(name, shape):
 
 def test_registry_of_models_is_what_the_tests_cover():
     assert set(MODELS) == set(SHAPES)
+
+
+def test_dnn_has_mcmahan_2nn_size_and_logreg_is_all_head():
+    assert n_params(build_model("dnn", (1, 28, 28), 10)) == 199_210  # McMahan et al. 2017's 2NN
+    spec = ParamSpec.of(build_model("logreg", (1, 28, 28), 10))
+    assert spec.size == 7_850 and spec.head_mask().all()
