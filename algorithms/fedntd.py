@@ -30,10 +30,9 @@ import math
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
-from torch.func import functional_call
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.functional import frozen_forward
 from algorithms.registry import register
 
 
@@ -58,15 +57,6 @@ def not_true_distillation(logits: torch.Tensor, teacher: torch.Tensor, y: torch.
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
 
 
-@torch.no_grad()
-def frozen_logits(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The model's logits under other weights (the received global model), in evaluation mode."""
-    mode = model.training
-    model.eval()
-    try:
-        return functional_call(model, tensors, (x,))
-    finally:
-        model.train(mode)
 
 
 @register
@@ -90,7 +80,7 @@ class FedNTD(Algorithm):
         total, batches = 0.0, 0
         for x, y in trainer.batches(job, self.ctx.train.local_epochs):  # FedAvg's data order
             logits = model(x)
-            ntd = not_true_distillation(logits, frozen_logits(model, teacher, x), y, self.params.tau)
+            ntd = not_true_distillation(logits, frozen_forward(model, teacher, x), y, self.params.tau)
             loss = F.cross_entropy(logits, y) + self.params.beta * ntd
             if not trainer.record_loss(loss):
                 break

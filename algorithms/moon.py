@@ -39,10 +39,9 @@ import math
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
-from torch.func import functional_call
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.functional import frozen_forward
 from algorithms.registry import register
 
 
@@ -67,15 +66,6 @@ def body_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name[len("body."):]: t for name, t in tensors.items() if name.startswith("body.")}
 
 
-@torch.no_grad()
-def frozen_representation(body: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The body's output under other weights (a frozen model), in evaluation mode; the body's mode is restored."""
-    mode = body.training
-    body.eval()
-    try:
-        return functional_call(body, tensors, (x,))
-    finally:
-        body.train(mode)
 
 
 @register
@@ -104,8 +94,8 @@ class MOON(Algorithm):
             z = model.body(x)
             loss = F.cross_entropy(model.head(z), y)
             if glob is not None:
-                con = model_contrastive(z, frozen_representation(model.body, glob, x),
-                                        frozen_representation(model.body, before, x), self.params.tau)
+                con = model_contrastive(z, frozen_forward(model.body, glob, x),
+                                        frozen_forward(model.body, before, x), self.params.tau)
                 loss = loss + self.params.mu * con
                 total += float(con.detach())
                 batches += 1

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from algorithms import fedlc, fedntd, fedproto, moon
 from algorithms.base import ClientJob, ClientUpdate
+from algorithms.functional import frozen_forward
 from harness.engine import resume, run
 from harness.engine.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
@@ -86,7 +87,7 @@ def test_moon_contrastive_term_is_its_formula_and_falls_as_the_local_model_nears
     body = s.trainer.model.body
 
     def term(local: np.ndarray) -> float:
-        z = [moon.frozen_representation(body, moon.body_tensors(s.trainer.tensors_of(v)), x) for v in (local, s.init,
+        z = [frozen_forward(body, moon.body_tensors(s.trainer.tensors_of(v)), x) for v in (local, s.init,
                                                                                                          prev)]
         return float(moon.model_contrastive(*z, tau))
 
