@@ -120,3 +120,30 @@ def test_a_model_that_leaves_the_shared_part_empty_is_a_clear_error_for_split_al
                            f"algorithm.name={algorithm}", "rounds=1")
         with pytest.raises(ValueError, match=f"{algorithm}: this model leaves the (shared|personal) part empty"):
             run(cfg, progress=False)
+
+
+def test_installed_packages_register_through_the_entry_point_group(monkeypatch, tmp_path):
+    """A package that declares `[project.entry-points."fedharness.plugins"]` is loaded once, before validation."""
+    import importlib.metadata
+    import sys
+
+    from harness import plugins
+
+    module = tmp_path / "third_party_plugin.py"
+    module.write_text("from harness.models import model\nfrom docs_examples_lenet import my_lenet5\n"
+                      "model('third_party_lenet')(my_lenet5)\n")
+    (tmp_path / "docs_examples_lenet.py").write_text(open(MODEL).read().replace('@model("my_lenet5")', ""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint("lenet", "third_party_plugin", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points",
+                        lambda group: [ep] if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "_installed_done", False)
+    cfg = small_config(tmp_path / "run", "model.name=third_party_lenet", "model.options={}")
+    assert cfg.model.name == "third_party_lenet"
+    broken = importlib.metadata.EntryPoint("broken", "no_such_module_abc", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", lambda group: [broken])
+    monkeypatch.setattr(plugins, "_installed_done", False)
+    with pytest.raises(ConfigError, match="plugin entry point 'broken' .* failed to load"):
+        small_config(tmp_path / "run2")
+    sys.modules.pop("third_party_plugin", None)
+    sys.modules.pop("docs_examples_lenet", None)
