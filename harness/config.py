@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import models, plugins
+from harness.specfile import ConfigError, read_yaml, yaml_value
 from partitions.spec import DataSpec, PartitionSpec, with_scheme
 from protocol.specs import Strict, TrainSpec
-
-
-class ConfigError(ValueError):
-    """A one-line, user-facing description of what is wrong with a run spec."""
 
 
 class ModelSpec(Strict):
@@ -175,9 +172,14 @@ class RunConfig(Strict):
         "is never changed"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nan_policy: Literal["drop", "fail"] = Field("drop", description="a client whose loss is NaN/inf")
+    empty_round_policy: Literal["fail", "skip"] = Field("fail", description=(
+        "a round in which no client update survives (all NaN/inf, late or without time): fail the run with the "
+        "reason, or keep the global model and go on (counted, warned); a run where no round had an update fails"))
     checkpoint_every: int = Field(1, ge=1, description="rounds between checkpoints with store.backend=memory "
                                   "(its snapshot holds every client's state); the disk store checkpoints each round")
     checkpoint_dir: str = ".fedharness/checkpoints"
+    keep_checkpoint: bool = Field(False, description="keep the checkpoint folder of a run that FINISHED (by default "
+                                  "it is removed: MLflow holds the results; a paused or failed run keeps it always)")
     data: DataSpec = DataSpec()
     partition: PartitionSpec = PartitionSpec()
     model: ModelSpec = ModelSpec()
@@ -201,7 +203,19 @@ class RunConfig(Strict):
             plugins.load(tree["plugins"])
         return tree
 
+    @model_validator(mode="after")
+    def _clients_per_round_fits(self) -> RunConfig:
+        if self.clients_per_round is not None and self.clients_per_round > self.partition.num_clients:
+            raise ValueError(f"clients_per_round={self.clients_per_round} is more than the partition's "
+                             f"{self.partition.num_clients} clients (partition.num_clients)")
+        return self
+
     def sampled_per_round(self, num_train_clients: int) -> int:
+        """Clients sampled per round; more than the training clients is an error, never a silent clamp."""
+        if self.clients_per_round is not None and self.clients_per_round > num_train_clients:
+            raise ConfigError(f"clients_per_round={self.clients_per_round} is more than the {num_train_clients} "
+                              f"clients that train (partition.num_clients={self.partition.num_clients}, "
+                              f"unseen_fraction={self.partition.unseen_fraction})")
         k = self.clients_per_round or max(1, round(self.join_ratio * num_train_clients))
         return min(k, num_train_clients)
 
@@ -209,10 +223,13 @@ class RunConfig(Strict):
         """Identity of the experiment (excludes where it runs and where it is tracked). The partition enters in
         the layout it had before the scheme registry (PartitionSpec.identity_dump), and no plugins = the key
         is absent, so hashes of runs recorded before either change stay the same."""
-        body = self.model_dump(mode="json", exclude={"workers", "tracking", "checkpoint_dir", "store"})
+        body = self.model_dump(mode="json", exclude={"workers", "tracking", "checkpoint_dir", "keep_checkpoint",
+                                                    "store"})
         body["partition"] = self.partition.identity_dump()
         if not body.get("plugins"):
             body.pop("plugins", None)
+        if body.get("empty_round_policy") == "fail":  # the default: hashes of runs recorded before it stay the same
+            body.pop("empty_round_policy")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
@@ -239,7 +256,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key part")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), yaml_value(raw, f"override {text!r}") if raw != "" else ""
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -269,7 +286,7 @@ def _describe(err: ValidationError, model: type[BaseModel]) -> str:
     if isinstance(value, dict):
         # a section's own validator already names the full key (e.g. "unknown key 'partition.alpah'")
         return msg if not loc or f"'{loc}." in msg else f"{loc}: {msg}"
-    return f"{loc or 'config'}: {msg} (got {json.dumps(value, default=str)})"
+    return f"{loc or 'config'}: {msg} (got {json.dumps(value, default=str, ensure_ascii=False)})"
 
 
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
@@ -287,14 +304,14 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
     """Read a YAML spec (or a dict), apply `a.b=value` overrides, add `plugins` to its list, validate."""
     if isinstance(source, dict):
         tree = json.loads(json.dumps(source))
+    elif not isinstance(source, (str, Path)):
+        raise ConfigError(f"a run spec must be a mapping or a YAML file, not a {type(source).__name__}")
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"spec file {str(path)!r} does not exist")
-        with path.open() as fh:
-            tree = yaml.safe_load(fh) or {}
+        tree = read_yaml(path)
         if not isinstance(tree, dict):
-            raise ConfigError(f"spec file {str(path)!r} must hold a mapping at top level")
+            raise ConfigError(f"spec file {str(path)!r} must hold a mapping at top level, not a "
+                              f"{type(tree).__name__}")
     tree = apply_overrides(tree, overrides or [])
     if plugins:
         tree["plugins"] = [*tree.get("plugins", []), *(p for p in plugins if p not in tree.get("plugins", []))]
@@ -303,8 +320,23 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
 
 def validate(tree: dict[str, Any]) -> RunConfig:
     try:
-        return RunConfig.model_validate(tree)
+        cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_describe(err, RunConfig)) from None
     except KeyError as err:  # unknown registry entry
         raise ConfigError(str(err.args[0])) from None
+    _check_finite(cfg.model_dump(), "")
+    _check_finite(cfg.algorithm.params, "algorithm.")
+    return cfg
+
+
+def _check_finite(tree: Any, name: str) -> None:
+    """inf/NaN pass `gt=0` (train.lr=inf, .nan, a tier's speed): every number of a spec must be finite."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"{name.rstrip('.') or 'config'}: must be a finite number (got {tree})")
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _check_finite(value, f"{name}{key}.")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _check_finite(value, f"{name.rstrip('.')}[{i}].")

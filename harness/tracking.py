@@ -3,10 +3,18 @@
 Params are the flattened config, each round's metrics go in one `log_batch` (one SQLite
 transaction instead of one per value), tags identify the code (git commit, package
 version) and the experiment (config hash). Default store: sqlite:///mlruns/mlflow.db.
+
+Several processes may share one store (`fedharness run` x 8, two studies): MLflow itself does not
+serialise creating and migrating a new SQLite database or creating an experiment, so both happen
+under an inter-process file lock beside the database (`store_lock`), an experiment is got-or-created,
+and every MLflow call is retried while SQLite answers "database is locked" (`mlflow_client`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -18,12 +26,18 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import harness
 from harness.config import RunConfig
 from harness.engine.listeners import RoundListener, RoundRecord, RunStart
 from partitions import scheme_label
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock (one process per store)
+    fcntl = None
 
 if TYPE_CHECKING:
     from harness.engine.run import RunResult
@@ -39,17 +53,95 @@ def tracking_uri(uri: str | None) -> str:
     return uri
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+LOCKED = ("database is locked", "database table is locked")
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 5.0)  # then the error goes up
+
+
+def safe_name(name: str) -> str:
+    """A file-name component for a user-given name (an experiment's). A name that already is one stays as it
+    is; any other (`../../x`, `a/b`, `..`, empty) is cleaned and gets a short hash of the original, so it can
+    never reach outside the folder it is put in and two names never share a folder."""
+    if SAFE_NAME.fullmatch(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:80] or "experiment"
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold an inter-process lock on a SQLite store (`<db>.lock` beside the database): what MLflow does not
+    serialise itself (creating the tables of a new database, creating an experiment) happens inside it. For
+    other stores (a tracking server serialises its own database) it does nothing."""
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def mlflow_client(uri: str | None) -> MlflowClient:
+    """An MlflowClient for the store at `uri` (default: tracking_uri): a new store is created and migrated by
+    one process at a time, and every call is retried while SQLite says the database is locked."""
+    uri = tracking_uri(uri)
+    with store_lock(uri):
+        client = MlflowClient(uri)  # opens (creates, migrates) the store
+    return RetryingClient(client)  # type: ignore[return-value]
+
+
+class RetryingClient:
+    """An MlflowClient whose calls are retried (RETRY_DELAYS) while SQLite answers "database is locked";
+    SQLite rolls such a transaction back, so a retried call does not happen twice."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            for delay in (*RETRY_DELAYS, None):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as err:  # noqa: BLE001 - only "database is locked" is retried
+                    if delay is None or not any(text in str(err) for text in LOCKED):
+                        raise
+                    time.sleep(delay)
+            raise AssertionError("unreachable")
+
+        return call
+
+
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """The experiment's id, creating it if needed; with a SQLite store its artifacts live beside the
-    database (MLflow's default is ./mlruns under whatever the current directory happens to be)."""
+    """The experiment's id, creating it if needed (get-or-create: several processes may ask for a new
+    experiment at once); with a SQLite store its artifacts live beside the database (MLflow's default is
+    ./mlruns under whatever the current directory happens to be), in a folder named safe_name(name)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///")).resolve()
-        location = (db.parent / "artifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    with store_lock(uri):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///")).resolve()
+            location = (db.parent / "artifacts" / safe_name(name)).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:  # created meanwhile by a process that does not take the lock
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    return client.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
@@ -64,7 +156,7 @@ def git_commit() -> str:
 class Tracker:
     def __init__(self, cfg: RunConfig, tags: dict[str, str] | None = None, run_id: str | None = None):
         self.uri = tracking_uri(cfg.tracking.uri)
-        self.client = MlflowClient(self.uri)
+        self.client = mlflow_client(self.uri)
         if run_id is None:
             exp_id = ensure_experiment(self.client, self.uri, cfg.tracking.experiment)
             all_tags = {
@@ -103,6 +195,8 @@ class Tracker:
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
             self.set_tags({"fedharness.failure": reason[:4000]})
+        elif status == "FINISHED" and "fedharness.failure" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "fedharness.failure")  # an earlier attempt's, before a resume
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -113,11 +207,15 @@ class MlflowListener(Tracker, RoundListener):
 
     def on_start(self, start: RunStart) -> None:
         self.set_tags({"fedharness.dataset": start.data.name})  # e.g. cifar10_jpeg_blob, not "arrays"
+        # a resume replays the rounds since its checkpoint: their metrics are already logged (identical)
+        self._logged = {m.key: m.step for m in self.client.get_run(self.run_id).data.to_proto().metrics} \
+            if start.resumed else {}
         if not start.resumed:
             self._log_start_artifacts(start)
 
     def on_round(self, record: RoundRecord) -> None:
-        self.log_round(record.round, record.metrics)
+        logged = getattr(self, "_logged", {})
+        self.log_round(record.round, {k: v for k, v in record.metrics.items() if logged.get(k, 0) < record.round})
 
     def on_end(self, result: RunResult, status: str, reason: str | None) -> None:
         if status == "FINISHED" and result.final:

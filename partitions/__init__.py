@@ -49,7 +49,7 @@ def partition_data(data: ArrayData, partition: PartitionSpec, seed: int) -> Fede
     cache = PartitionCache(partition.cache_dir) if partition.cache_dir else None
     key, about = partition_key(data, partition, seed)
     label = f"{data.name}-{partition.scheme}-{k}"
-    hit = cache.load(key, label) if cache else None
+    hit = cache.load(key, label, len(data.y), k) if cache else None
     if hit is not None:
         index, offsets, train_clients, meta = hit["index"], hit["offsets"], hit["train_clients"], hit["meta"]
         status = "hit"

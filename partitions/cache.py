@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 PARTITION_FORMAT = 1  # bump when a partitioner's output for the same spec changes
 DATA_FORMAT = 1
@@ -73,7 +76,10 @@ class PartitionCache:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)[:60]
         return self.folder / f"{safe + '-' if safe else ''}{key[:24]}.npz"
 
-    def load(self, key: str, label: str = "") -> dict | None:
+    def load(self, key: str, label: str = "", num_samples: int | None = None,
+             num_clients: int | None = None) -> dict | None:
+        """The entry, or None (a miss). An entry that is unreadable, fails its checksum or holds indices out of
+        range for (num_samples, num_clients) is logged and treated as a miss: recomputed and overwritten."""
         path = self.path(key, label)
         if not path.exists():
             return None
@@ -88,19 +94,61 @@ class PartitionCache:
                     "train_clients": z["train_clients"],
                     "meta": json.loads(str(z["meta"])),
                 }
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # unreadable: recompute, overwrite
-            return None
-        return out
+                stored = str(z["checksum"]) if "checksum" in z.files else None
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+            return self._damaged(path, f"unreadable: {type(err).__name__}")
+        if stored != entry_checksum(out):
+            return self._damaged(path, "no checksum (an older entry)" if stored is None else "checksum mismatch")
+        problem = csr_problem(out["index"], out["offsets"], out["train_clients"], num_samples, num_clients)
+        return self._damaged(path, problem) if problem else out
+
+    @staticmethod
+    def _damaged(path: Path, why: str) -> None:
+        log.warning("partition cache entry %s is not usable (%s); recomputing it", path, why)
+        return None
 
     def save(self, key: str, label: str, index: dict[str, np.ndarray], offsets: dict[str, np.ndarray],
-             train_clients: np.ndarray, meta: dict, about: dict) -> Path:
+             train_clients: np.ndarray, meta: dict, about: dict) -> Path | None:
+        """Write the entry (None, with a warning, when the folder cannot hold it: the run goes on uncached)."""
         path = self.path(key, label)
         arrays = {f"index_{s}": index[s] for s in index} | {f"offsets_{s}": offsets[s] for s in offsets}
         arrays |= {"train_clients": np.asarray(train_clients, dtype=np.int64), "key": np.array(key),
                    "splits": np.array(json.dumps(list(index))), "meta": np.array(json.dumps(meta))}
-        _atomic_save_npz(path, arrays)
-        _atomic_write_text(path.with_suffix(".json"), json.dumps({"key": key, **about}, indent=1, default=str))
+        arrays["checksum"] = np.array(entry_checksum({"index": index, "offsets": offsets, "train_clients":
+                                                      arrays["train_clients"], "meta": meta}))
+        try:
+            _atomic_save_npz(path, arrays)
+            _atomic_write_text(path.with_suffix(".json"), json.dumps({"key": key, **about}, indent=1, default=str))
+        except OSError as err:
+            log.warning("partition.cache_dir=%r cannot hold the partition cache (%s); continuing without it",
+                        str(self.folder), err.strerror or err)
+            return None
         return path
+
+
+def entry_checksum(entry: dict) -> str:
+    """sha256 of a partition entry's content (every split's index and offsets, training clients, meta)."""
+    splits = sorted(entry["index"])
+    arrays = [entry["index"][s] for s in splits] + [entry["offsets"][s] for s in splits] + [entry["train_clients"]]
+    return digest([splits, array_digest(*arrays), entry["meta"]])
+
+
+def csr_problem(index: dict[str, np.ndarray], offsets: dict[str, np.ndarray], train_clients: np.ndarray,
+                num_samples: int | None, num_clients: int | None) -> str | None:
+    """What is wrong with a CSR partition (None: nothing): offsets that do not cover the index, indices or
+    clients out of range."""
+    for s, idx in index.items():
+        o = offsets.get(s)
+        if o is None or len(o) < 1 or o[0] != 0 or o[-1] != len(idx) or np.any(np.diff(o) < 0):
+            return f"offsets of split {s!r} do not cover its index"
+        if num_clients is not None and len(o) != num_clients + 1:
+            return f"split {s!r} has {len(o) - 1} clients, not {num_clients}"
+        if num_samples is not None and len(idx) and (idx.min() < 0 or idx.max() >= num_samples):
+            return f"split {s!r} indexes samples outside 0..{num_samples - 1}"
+    if num_clients is not None and len(train_clients) and (train_clients.min() < 0 or
+                                                             train_clients.max() >= num_clients):
+        return f"training clients outside 0..{num_clients - 1}"
+    return None
 
 
 def file_fingerprint(path: str | Path) -> dict:

@@ -120,6 +120,15 @@ class FederatedDataset:
             flat += np.bincount(owner * self.num_classes + self.y[self.index[s]], minlength=len(flat))
         return flat.reshape(self.num_clients, self.num_classes)
 
+    def digest(self) -> str:
+        """sha256 of the partition (labels, every split's CSR arrays, training clients): a checkpoint records
+        it, and a resume on other data or another partition is refused."""
+        from partitions.cache import array_digest
+
+        splits = sorted(self.index)
+        return array_digest(self.y, self.train_clients, *[self.index[s] for s in splits],
+                            *[self.offsets[s] for s in splits])
+
     def owner(self) -> np.ndarray:
         """Client of every example (-1: dealt to no client), over all splits."""
         out = np.full(len(self.y), -1, dtype=np.int64)

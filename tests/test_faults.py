@@ -107,9 +107,11 @@ def test_driver_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
 
 
 def test_diverging_client_is_dropped_under_drop_policy(tmp_path):
-    result = run(small_config(tmp_path, "train.lr=1e12", "rounds=1", "nan_policy=drop"), progress=False)
+    # lr=1e4: 3 of the 5 sampled clients diverge, 2 survive (with every client diverged the run now fails:
+    # tests/test_adversarial_input.py)
+    result = run(small_config(tmp_path, "train.lr=1e4", "rounds=1", "nan_policy=drop"), progress=False)
     h = result.history[0]
-    assert h["clients_nonfinite"] > 0
+    assert h["clients_nonfinite"] > 0 and h["clients_kept"] > 0
     assert h["clients_kept"] == h["clients_trained"] - h["clients_nonfinite"]
     assert np.isfinite(result.global_vec).all()
 

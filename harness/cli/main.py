@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the checkpoint folder of a run that finishes (= keep_checkpoint=true)")
     _plugin_option(p)
 
 
@@ -60,8 +62,12 @@ def _plugin_option(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..." on stderr
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    show_traceback = "--traceback" in argv  # for bug reports: errors are one line otherwise
+    argv = [a for a in argv if a != "--traceback"]
     if argv and argv[0] in ("partition", "study", "leaderboard", "ui"):
-        return _delegate(argv[0], argv[1:])
+        return _delegate(argv[0], argv[1:], show_traceback)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may also come after options
     stray = [e for e in extra if "=" not in e or not hasattr(args, "overrides")]
@@ -72,36 +78,62 @@ def main(argv: list[str] | None = None) -> int:
     from harness import interrupts
 
     interrupts.install()
-    try:
-        return {"run": cmd_run, "resume": cmd_resume, "algorithms": cmd_algorithms,
-                "validate": cmd_validate}[args.command](args)
-    except ConfigError as err:
-        print(f"fedharness: config error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:
-        print(f"fedharness: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fedharness: interrupted; completed rounds are checkpointed (see `fedharness resume`)", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `fedharness algorithms | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    command = {"run": cmd_run, "resume": cmd_resume, "algorithms": cmd_algorithms, "validate": cmd_validate}
+    return _one_line_errors(lambda: command[args.command](args), show_traceback)
 
 
-def _delegate(command: str, argv: list[str]) -> int:
+def _delegate(command: str, argv: list[str], show_traceback: bool = False) -> int:
     import importlib
 
     module = {"partition": "harness.cli.partition", "study": "harness.studies.cli",
               "leaderboard": "harness.reports.cli", "ui": "harness.cli.ui"}[command]
+    return _one_line_errors(lambda: importlib.import_module(module).main(argv), show_traceback)
+
+
+def _one_line_errors(command, show_traceback: bool = False) -> int:
+    """Run a command; every error becomes one line on stderr. Bad input (config, data, checkpoint) and a run
+    that failed on its own terms (RunFailed: the MLflow run is FAILED with the reason) exit 2; anything
+    unforeseen exits 1 and says how to see its traceback."""
+    import yaml
+
+    from harness.engine.rounds import RunFailed
+
     try:
-        return importlib.import_module(module).main(argv)
+        return command()
     except ConfigError as err:
-        print(f"fedharness: config error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:
-        print(f"fedharness: error: {err}", file=sys.stderr)
-        return 2
+        return _error(f"config error: {_line(err)}", 2)
+    except RunFailed as err:
+        where = f" (MLflow run {err.run_id}: FAILED; its checkpoint is kept)" if err.run_id else ""
+        return _error(f"run failed: {_line(err)}{where}", 2)
+    except (FileNotFoundError, ValueError, yaml.YAMLError) as err:
+        return _error(f"error: {_line(err)}", 2)
+    except KeyboardInterrupt:
+        return _error("interrupted; completed rounds are checkpointed (see `fedharness resume`)", 130)
+    except BrokenPipeError:  # e.g. `fedharness algorithms | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback, unless asked for
+        if show_traceback:
+            raise
+        return _error(f"unexpected error: {type(err).__name__}: {_line(err)} (rerun with --traceback for details)", 1)
+
+
+def _line(err: BaseException) -> str:
+    """The first line of an error's message (pydantic's: its first error, located)."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError) and err.errors():
+        e = err.errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _error(text: str, code: int) -> int:
+    print(f"fedharness: {text}", file=sys.stderr)
+    return code
 
 
 def _with_tracking(cfg: RunConfig, uri: str | None) -> RunConfig:
@@ -114,6 +146,8 @@ def cmd_run(args) -> int:
     from harness.engine import run
     from harness.reports.table import print_table
 
+    if args.keep_checkpoint:
+        args.overrides = [*args.overrides, "keep_checkpoint=true"]
     cfg = _with_tracking(load_config(args.spec, args.overrides, plugins=args.plugin), args.tracking_uri)
     algorithms = args.compare.split(",") if args.compare else [cfg.algorithm.name]
     configs = [load_config(args.spec, [*args.overrides, f"algorithm.name={a}"], plugins=args.plugin)
@@ -122,6 +156,7 @@ def cmd_run(args) -> int:
     for c in configs:
         _with_tracking(c, args.tracking_uri)
         result = run(c, progress=not args.quiet)
+        _warn_empty_rounds(result)
         rows.append({"algorithm": c.algorithm.name, "run_id": result.run_id,
                      **{k: result.final.get(k) for k in RESULT_COLUMNS}})
     print_table(rows, title=f"{cfg.name}: {cfg.data.source}, {cfg.partition.scheme}, {cfg.rounds} rounds, "
@@ -134,9 +169,18 @@ def cmd_resume(args) -> int:
     from harness.reports.table import print_table
 
     result = resume(args.run_id, args.checkpoint_dir, progress=not args.quiet)
+    _warn_empty_rounds(result)
     print_table([{"algorithm": result.config.algorithm.name, "run_id": result.run_id,
                   **{k: result.final.get(k) for k in RESULT_COLUMNS}}], title="resumed run")
     return 0
+
+
+def _warn_empty_rounds(result) -> None:
+    """empty_round_policy=skip: the run finished, but never silently about the rounds nothing survived."""
+    if result.empty_rounds:
+        shown = ", ".join(map(str, result.empty_rounds[:10])) + (", ..." if len(result.empty_rounds) > 10 else "")
+        print(f"fedharness: warning: run {result.run_id}: {len(result.empty_rounds)} of {len(result.history)} rounds "
+              f"had no surviving client update (rounds {shown}; empty_round_policy=skip)", file=sys.stderr)
 
 
 def cmd_validate(args) -> int:

@@ -3,6 +3,11 @@
 It always binds 127.0.0.1: the tracking server has no authentication, so exposing it is a
 decision to take outside this tool (e.g. an SSH tunnel: ssh -L 5000:127.0.0.1:5000 host).
 One worker and no background job execution keep it at ~0.5 GB and a ~5 s start.
+
+The server runs in its own process group, and `fedharness ui` ends that whole group (uvicorn's
+workers included) however it is stopped: Ctrl-C, SIGTERM or SIGHUP (a closed terminal, `kill`,
+a service manager); and, should `fedharness ui` itself be SIGKILLed, the kernel sends the server
+SIGTERM (PR_SET_PDEATHSIG), which it passes on to its workers.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -49,11 +55,24 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bo
     return False
 
 
+# exec the server with PR_SET_PDEATHSIG = SIGTERM: it is told when the process that started it dies (Linux;
+# set in the new process rather than with preexec_fn, which is unsafe in a process with threads)
+DIE_WITH_PARENT = ("import ctypes, os, sys\ntry:\n    ctypes.CDLL(None).prctl(1, 15)\nexcept Exception:\n    pass\n"
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def start(backend_uri: str, port: int) -> tuple[subprocess.Popen, str]:
     if backend_uri.startswith("sqlite:///"):
         Path(backend_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(build_command(backend_uri, port), env=server_env(), start_new_session=True)
+    cmd = build_command(backend_uri, port)
+    if sys.platform.startswith("linux"):
+        cmd = [sys.executable, "-c", DIE_WITH_PARENT, *cmd]
+    proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
     return proc, f"http://{HOST}:{port}"
+
+
+def _stop_signal(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwinds main(), whose `finally` stops the server
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -77,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)
     uri = tracking_uri(args.tracking_uri)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # the default action would leave the server running
+            signal.signal(sig, _stop_signal)
     proc, url = start(uri, args.port)
     try:
         if not wait_until_up(url, proc):

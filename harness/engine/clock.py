@@ -70,15 +70,32 @@ class DeviceProfiles:
 
 
 def read_trace(path: str | None) -> dict[str, np.ndarray]:
+    """The device trace: every value a finite number, speeds and bandwidths > 0, availability in [0, 1]
+    (errors name the file, the line and the column)."""
     if not path or not Path(path).is_file():
         raise ValueError(f"budget.devices.trace_file {path!r} does not exist")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"trace {path!r} is not a CSV text file ({type(err).__name__})") from None
     need = {"seconds_per_sample", "upload_mbps", "download_mbps"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"trace {path!r} needs columns {sorted(need)} (optional: availability)")
     cols = [c for c in rows[0] if c in need | {"availability"}]
-    return {c: np.array([float(r[c]) for r in rows]) for c in cols}
+    out = {c: np.empty(len(rows)) for c in cols}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for c in cols:
+            try:
+                value = float(row[c])
+            except (TypeError, ValueError):
+                raise ValueError(f"trace {path!r} line {line}: {c}={row[c]!r} is not a number") from None
+            ok = 0 <= value <= 1 if c == "availability" else math.isfinite(value) and value > 0
+            if not ok:
+                raise ValueError(f"trace {path!r} line {line}: {c}={value} must be "
+                                 f"{'in [0, 1]' if c == 'availability' else 'a positive finite number'}")
+            out[c][line - 2] = value
+    return out
 
 
 @dataclass

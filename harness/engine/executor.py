@@ -19,6 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from harness.config import RunConfig
 from harness.engine.allocator import keep_freed_memory
+from harness.engine.cluster import init_ray, shutdown_ray
 from harness.engine.worker import Worker
 from partitions.federated import FederatedDataset
 
@@ -47,21 +48,6 @@ class ActorWorker(Worker):
 
     def process_info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "device": str(self.trainer.device), "allocator_tuned": self.allocator_tuned}
-
-
-def init_ray(cfg: RunConfig) -> None:
-    """Join cfg.workers.address, or start a local Ray with the CPUs the config asks for."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}}
-    if cfg.workers.address:
-        ray.init(address=cfg.workers.address, runtime_env=env, log_to_driver=False)
-    else:
-        cpus = max(int(round(cfg.workers.num_workers * cfg.workers.num_cpus)), 1)
-        # address="local": start our own Ray, never join a cluster someone else started on this machine
-        ray.init(address="local", num_cpus=cpus, num_gpus=None, include_dashboard=False, runtime_env=env,
-                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
 
 
 class ActorCache:
@@ -108,7 +94,7 @@ class ActorCache:
 
 class RayExecutor:
     def __init__(self, cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):
-        init_ray(cfg)
+        init_ray(cfg)  # joins or starts Ray, then checks that the actors fit (harness.engine.cluster)
         self.cfg = cfg
         self.cache = cache
         self.max_retries = cfg.workers.max_retries
@@ -159,7 +145,11 @@ class RayExecutor:
                     attempts[i] += 1
                     self.retries += 1
                     if attempts[i] > self.max_retries:
-                        raise RuntimeError(f"batch {i} failed on {attempts[i]} workers; last error: {err}") from err
+                        from harness.engine.rounds import RunFailed
+
+                        last = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                        raise RunFailed(f"batch {i}: its worker died {attempts[i]} time(s), more than "
+                                        f"workers.max_retries={self.max_retries}; last error: {last}") from err
                     slot = i % self.num_workers
                     log.warning("worker %d died (%s); re-running its %d clients on a new worker",
                                 slot, type(err).__name__, len(batches[i]))
@@ -176,6 +166,9 @@ class RayExecutor:
             for a in self.actors:
                 ray.kill(a)
         self.actors = []
+
+
+__all__ = ["ActorCache", "InProcessExecutor", "RayExecutor", "init_ray", "make_executor", "shutdown_ray"]
 
 
 def make_executor(cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):

@@ -20,7 +20,10 @@ CHUNK = 64  # clients per remote call: bounds the driver's memory for full-model
 
 
 class RunFailed(RuntimeError):
-    """A fatal condition of the run itself (not a bug): e.g. a diverged client under nan_policy=fail."""
+    """A fatal condition of the run itself (not a bug), in one line: a diverged client under nan_policy=fail, a
+    round without a surviving update, a batch whose workers kept dying. The engine sets `run_id`."""
+
+    run_id: str | None = None
 
 
 @dataclass

@@ -5,10 +5,19 @@ client-state store, clock totals, metric history; harness.engine.checkpoint); ev
 is derived from (seed, purpose, round, client), so nothing else needs saving for a bit-identical
 resume. What watches a run (MLflow, the progress bar, the per-client log, a benchmark's timers)
 is a listener (harness.engine.listeners); the engine itself only computes.
+
+Nothing lost, nothing silent: a run is built (data loaded and checked, model, device profiles) before
+its MLflow run exists, so bad input leaves no trace; its first checkpoint is written before any worker
+starts; a failure after that ends the MLflow run FAILED with the reason. A round in which no client
+update survives fails the run (empty_round_policy=fail) or is counted and warned about (skip). A resume
+checks the checkpoint (harness.engine.checkpoint.verify), the partition it was taken on and the run's
+state, and refuses a FINISHED run, before it touches MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,17 +28,17 @@ import numpy as np
 import pandas as pd
 
 from harness import interrupts
-from harness.config import RunConfig, validate
-from harness.engine.checkpoint import Checkpoint, read_meta
-from harness.engine.clock import DeviceProfiles, VirtualClock
+from harness.config import ConfigError, RunConfig, validate
+from harness.engine.checkpoint import Checkpoint, CheckpointError, read_meta
 from harness.engine.evaluate import evaluate_all
 from harness.engine.executor import make_executor
 from harness.engine.listeners import ClientLog, RoundListener, RoundRecord, RunStart
+from harness.engine.parts import Parts, build_parts
 from harness.engine.progress import ProgressBar
 from harness.engine.rounds import RunFailed, train_round
 from harness.engine.store import make_store
-from harness.engine.worker import build_algorithm
-from partitions import build_federated_dataset
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "RunFailed", "RunResult", "open_run", "read_meta", "reopen_run", "resume", "run"]
 
@@ -43,31 +52,56 @@ class RunResult:
     clients: pd.DataFrame | None = None
     global_vec: np.ndarray | None = None
     client_log: pd.DataFrame | None = None
+    empty_rounds: list[int] = field(default_factory=list)  # rounds without a surviving update (policy skip)
 
 
 # ----- entry points ------------------------------------------------------------------------------------------
 def open_run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True,
              listeners: Sequence[RoundListener] = (), evaluate: bool = True) -> Engine:
     """A new run, built and ready to loop: tracked in MLflow when cfg.tracking.enabled."""
+    parts = build_parts(cfg)  # bad input stops here: no MLflow run, no checkpoint
     tracker = _tracker(cfg, tags=tags)
+    with _ended_on_error(tracker, previous=None):
+        return Engine(cfg, run_id=tracker.run_id if tracker else None, evaluate=evaluate, parts=parts,
+                      listeners=_standard(tracker, progress, listeners))
+
+
+def reopen_run(meta: dict, progress: bool = True, listeners: Sequence[RoundListener] = (),
+               checkpoint_dir: str | Path | None = None) -> Engine:
+    """The run of a checkpoint (its meta.json, from read_meta), ready to continue in the same MLflow run.
+
+    `checkpoint_dir` is where the checkpoint is now (default: where the run wrote it); state is read from
+    there and written there. Everything is checked before the MLflow run is touched: the config, the run's
+    status (a FINISHED run is refused), every file's sha256, the partition it was taken on."""
+    run_id = meta["run_id"]
+    folder = Path(checkpoint_dir if checkpoint_dir is not None else meta["config"].get(
+        "checkpoint_dir", RunConfig.model_fields["checkpoint_dir"].default)) / run_id
     try:
-        return Engine(cfg, run_id=tracker.run_id if tracker else None,
-                      listeners=_standard(tracker, progress, listeners), evaluate=evaluate)
-    except BaseException as err:  # e.g. unreadable data: the MLflow run must not stay RUNNING
-        if tracker is not None:
-            tracker.end("FAILED" if isinstance(err, Exception) else "KILLED", f"{type(err).__name__}: {err}")
-        raise
-
-
-def reopen_run(meta: dict, progress: bool = True, listeners: Sequence[RoundListener] = ()) -> Engine:
-    """The run of a checkpoint (its meta.json), ready to continue in the same MLflow run."""
-    cfg = validate(meta["config"])
-    tracker = _tracker(cfg, run_id=meta["run_id"])
-    return Engine(cfg, run_id=meta["run_id"], listeners=_standard(tracker, progress, listeners), resume_meta=meta)
+        cfg = validate(meta["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {folder / 'meta.json'}: its config is not valid here: {err}") from None
+    cfg.checkpoint_dir = str(folder.parent)
+    if meta["status"] == "FINISHED":
+        raise CheckpointError(f"run {run_id} is FINISHED (all {cfg.rounds} rounds); nothing to resume")
+    checkpoint = Checkpoint(folder)
+    checkpoint.verify(meta)
+    parts = build_parts(cfg)
+    if meta["done_round"] >= 0:
+        checkpoint.global_vector(meta, like=parts.global_vec)  # the model's shape, before MLflow is touched
+    if parts.data.digest() != meta["partition"]:
+        raise CheckpointError(f"checkpoint {folder / 'meta.json'} was taken on another partition than the one built "
+                              f"now (data files or partition code changed since); cannot resume it")
+    previous = _mlflow_status(cfg, run_id)
+    if previous == "FINISHED":
+        raise CheckpointError(f"run {run_id} is FINISHED in MLflow; nothing to resume")
+    tracker = _tracker(cfg, run_id=run_id)
+    with _ended_on_error(tracker, previous=previous):
+        return Engine(cfg, run_id=run_id, listeners=_standard(tracker, progress, listeners), resume_meta=meta,
+                      parts=parts)
 
 
 def run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True, stop_after: int | None = None,
-        executor_factory=make_executor, listeners: Sequence[RoundListener] = ()) -> RunResult:
+        executor_factory: Callable | None = None, listeners: Sequence[RoundListener] = ()) -> RunResult:
     """Start a run. `stop_after` ends the loop early, leaving a resumable run (as a crash would);
     `executor_factory(cfg, data)` lets tests inject faults into the worker pool."""
     engine = open_run(cfg, tags=tags, progress=progress, listeners=listeners)
@@ -75,7 +109,8 @@ def run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = Tru
 
 
 def resume(run_id: str, checkpoint_dir: str = ".fedharness/checkpoints", progress: bool = True) -> RunResult:
-    return reopen_run(read_meta(checkpoint_dir, run_id), progress=progress).loop()
+    meta = read_meta(checkpoint_dir, run_id)
+    return reopen_run(meta, progress=progress, checkpoint_dir=checkpoint_dir).loop()
 
 
 def _tracker(cfg: RunConfig, tags: dict[str, str] | None = None, run_id: str | None = None):
@@ -83,7 +118,56 @@ def _tracker(cfg: RunConfig, tags: dict[str, str] | None = None, run_id: str | N
         return None
     from harness.tracking import MlflowListener
 
-    return MlflowListener(cfg, tags=tags, run_id=run_id)
+    with _mlflow_store(cfg):
+        return MlflowListener(cfg, tags=tags, run_id=run_id)
+
+
+@contextlib.contextmanager
+def _mlflow_store(cfg: RunConfig):
+    """An MLflow store that cannot be opened (tracking.uri=bogus://x) is a one-line config error."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - whatever MLflow raises for a store it cannot open
+        from harness.tracking import tracking_uri
+
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:240]
+        raise ConfigError(f"tracking.uri={tracking_uri(cfg.tracking.uri)!r}: MLflow cannot use this store "
+                          f"({type(err).__name__}: {text})") from None
+
+
+def _mlflow_status(cfg: RunConfig, run_id: str) -> str | None:
+    """The MLflow status of the run a checkpoint belongs to (None without tracking)."""
+    if not cfg.tracking.enabled:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import tracking_uri
+
+    uri = tracking_uri(cfg.tracking.uri)
+    with _mlflow_store(cfg):
+        client = MlflowClient(uri)
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:
+        raise CheckpointError(f"run {run_id} is not in the MLflow store {uri} (tracking.uri)") from None
+
+
+@contextlib.contextmanager
+def _ended_on_error(tracker, previous: str | None):
+    """A run whose engine could not be built: a new one ends FAILED (KILLED on Ctrl-C) with the reason; a
+    resumed one goes back to the status it had."""
+    try:
+        yield
+    except BaseException as err:
+        if tracker is not None:
+            if previous is None:
+                killed = isinstance(err, KeyboardInterrupt)
+                tracker.end("KILLED" if killed else "FAILED", "interrupted (Ctrl-C)" if killed
+                            else f"{type(err).__name__}: {err}")
+            elif previous != "RUNNING":
+                tracker.client.set_terminated(tracker.run_id, status=previous)
+        raise
 
 
 def _standard(tracker, progress: bool, extra: Sequence[RoundListener]) -> list[RoundListener]:
@@ -98,15 +182,13 @@ def _standard(tracker, progress: bool, extra: Sequence[RoundListener]) -> list[R
 # ----- the engine ----------------------------------------------------------------------------------------------
 class Engine:
     def __init__(self, cfg: RunConfig, run_id: str | None = None, listeners: Sequence[RoundListener] = (),
-                 resume_meta: dict | None = None, evaluate: bool = True):
+                 resume_meta: dict | None = None, evaluate: bool = True, parts: Parts | None = None):
         self.cfg = cfg
         self.evaluate = evaluate  # False only for timing benchmarks of the training part
-        self.data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
-        self.algo, _, self.global_vec = build_algorithm(cfg, self.data)
+        parts = parts or build_parts(cfg)
+        self.data, self.algo, self.global_vec, self.clock, self.k = (parts.data, parts.algo, parts.global_vec,
+                                                                     parts.clock, parts.k)
         self.unseen = set(self.data.meta.get("unseen_clients", []))
-        profiles = DeviceProfiles.draw(cfg.budget, self.data.num_clients, cfg.seed)
-        self.clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
-        self.k = cfg.sampled_per_round(len(self.data.train_clients))
         self.run_id = run_id or f"local-{int(time.time() * 1000)}"
         self.listeners = list(listeners)
         self.client_log = next((x for x in self.listeners if isinstance(x, ClientLog)), None)
@@ -115,8 +197,13 @@ class Engine:
         self.start_round = 0
         self.history: list[dict[str, float]] = []
         self.totals = {"sim_time": 0.0, "bytes_up_total": 0.0, "bytes_down_total": 0.0}
+        self.partition_digest = self.data.digest()
+        self.meta: dict | None = None  # the meta.json of the last checkpoint
+        self._first_checkpoint_s: float | None = None
         if resume_meta:
             self._restore(resume_meta)
+        else:  # before any worker starts: a driver killed from now on leaves a resumable run
+            self._first_checkpoint_s = self._timed_write(-1)
         start = RunStart(self.run_id, cfg, self.data, self.checkpoint.folder, self.start_round, bool(resume_meta))
         for listener in self.listeners:
             listener.on_start(start)
@@ -128,31 +215,36 @@ class Engine:
     # ----- checkpoint ---------------------------------------------------------------------------------------
     def _meta(self, done_round: int) -> dict:
         return {"run_id": self.run_id, "config": self.cfg.model_dump(mode="json"), "done_round": done_round,
-                "history": self.history, "totals": self.totals}
+                "history": self.history, "totals": self.totals, "partition": self.partition_digest,
+                "status": "RUNNING"}
 
     def _write_checkpoint(self, done_round: int) -> None:
-        self.checkpoint.write(self._meta(done_round), self.global_vec, self.store, self.algo.server_state())
+        self.meta = self.checkpoint.write(self._meta(done_round), self.global_vec, self.store,
+                                          self.algo.server_state())
 
     def _restore(self, meta: dict) -> None:
+        """Continue from a checkpoint that reopen_run verified."""
         done = meta["done_round"]
         self.start_round = done + 1
         self.history = meta["history"]
         self.totals = meta["totals"]
+        self.meta = meta
         if done >= 0:
-            self.global_vec = self.checkpoint.global_vector()
-            self.algo.load_server_state(self.checkpoint.server_state())
-        self.store.restore(self.checkpoint.folder, done)
+            self.global_vec = self.checkpoint.global_vector(meta, like=self.global_vec)
+            self.algo.load_server_state(self.checkpoint.server_state(meta))
+        self.store.restore(self.checkpoint.state_folder(meta), done)
 
     # ----- the loop -----------------------------------------------------------------------------------------
-    def loop(self, stop_after: int | None = None, executor_factory: Callable = make_executor) -> RunResult:
+    def loop(self, stop_after: int | None = None, executor_factory: Callable | None = None) -> RunResult:
         cfg = self.cfg
         result = RunResult(self.run_id, cfg, self.history)
         executor = None
         status, reason = "FINISHED", None
         try:
-            executor = executor_factory(cfg, self.data)
-            if self.start_round == 0:
-                self._timed_checkpoint(-1)  # resumable even if the first round never finishes
+            if self._first_checkpoint_s is not None:  # written when the engine was built
+                self._notify_checkpoint(0, {"checkpoint": self._first_checkpoint_s, "store_commit": 0.0})
+                self._first_checkpoint_s = None
+            executor = (executor_factory or make_executor)(cfg, self.data)
             clients = None
             for rnd in range(self.start_round, cfg.rounds):
                 interrupts.check()  # a Ctrl-C whose KeyboardInterrupt something swallowed
@@ -164,6 +256,9 @@ class Engine:
                     status = "RUNNING"  # interrupted on purpose; resumable
                     break
             else:
+                if self.history and all(h.get("clients_kept") == 0 for h in self.history):
+                    raise RunFailed(f"no client update survived in any of the {len(self.history)} rounds: the "
+                                    f"model was never trained (empty_round_policy=skip)")
                 result.clients = clients
                 result.final = final_metrics(self.history)
         except KeyboardInterrupt:
@@ -171,6 +266,8 @@ class Engine:
             raise
         except Exception as err:  # noqa: BLE001 - recorded by the listeners (MLflow: FAILED + reason), re-raised
             status, reason = "FAILED", f"{type(err).__name__}: {err}"
+            if isinstance(err, RunFailed):
+                err.run_id = self.run_id
             raise
         finally:
             if executor is not None:
@@ -178,8 +275,13 @@ class Engine:
             result.history = self.history
             result.global_vec = self.global_vec
             result.client_log = self.client_log.read() if self.client_log else None
+            result.empty_rounds = [int(h["round"]) for h in self.history if h.get("clients_kept") == 0]
             for listener in self.listeners:
                 listener.on_end(result, status, reason)
+            if status == "FINISHED" and self.meta is not None:
+                self.checkpoint.mark_finished(self.meta)  # after the listeners: MLflow says FINISHED first
+                if not cfg.keep_checkpoint:
+                    self.discard_checkpoint()  # nothing left to resume; MLflow holds the results
         return result
 
     def _one_round(self, rnd: int, executor, last: bool, stopping: bool) -> pd.DataFrame | None:
@@ -201,6 +303,8 @@ class Engine:
         record = RoundRecord(rnd + 1, metrics, out.client_rows, out.timings)
         for listener in self.listeners:
             listener.on_round(record)
+        if metrics["clients_kept"] == 0:
+            self._no_update_survived(rnd, metrics)
         t = time.perf_counter()
         spent = {"checkpoint": 0.0}
         if self.store.checkpoint_due(rnd, self.cfg.checkpoint_every, last or stopping):
@@ -208,19 +312,33 @@ class Engine:
         else:
             self.store.commit(out.new_states, rnd)
         spent["store_commit"] = time.perf_counter() - t - spent["checkpoint"]
-        for listener in self.listeners:
-            listener.on_checkpoint(rnd + 1, spent)
+        self._notify_checkpoint(rnd + 1, spent)
         return clients
+
+    def _no_update_survived(self, rnd: int, m: dict[str, float]) -> None:
+        """The global model cannot move in this round: fail the run (default) or say so and go on."""
+        sampled, trained, bad, late, no_time = (int(m[k]) for k in ("clients_sampled", "clients_trained",
+                                                "clients_nonfinite", "clients_late", "clients_dropped"))
+        if not sampled:
+            why = "no client was online to sample (budget.devices.availability)"
+        elif trained and bad == trained:
+            why = f"all {bad} trained clients' updates were NaN/inf: training diverged (lower train.lr, check the data)"
+        else:
+            why = (f"of {sampled} sampled, {bad} NaN/inf, {late} late for budget.deadline_s, {no_time} without time "
+                   f"for budget.min_steps")
+        if self.cfg.empty_round_policy == "fail":
+            raise RunFailed(f"round {rnd + 1}: no client update survived; {why} (empty_round_policy=fail)")
+        log.warning("round %d: no client update survived; %s; the global model is kept (empty_round_policy=skip)",
+                    rnd + 1, why)
 
     def _timed_write(self, done_round: int) -> float:
         t = time.perf_counter()
         self._write_checkpoint(done_round)
         return time.perf_counter() - t
 
-    def _timed_checkpoint(self, done_round: int) -> None:
-        spent = {"checkpoint": self._timed_write(done_round), "store_commit": 0.0}
+    def _notify_checkpoint(self, round: int, spent: dict[str, float]) -> None:
         for listener in self.listeners:
-            listener.on_checkpoint(done_round + 1, spent)
+            listener.on_checkpoint(round, spent)
 
     def discard_checkpoint(self) -> None:
         """Remove this run's checkpoint folder (and a disk store inside it)."""

@@ -6,12 +6,14 @@ whole batch of clients, so a round costs one remote call per worker, not one per
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from algorithms import registry
 from algorithms.base import AlgoContext, Algorithm
-from harness.config import RunConfig, validate
+from harness.config import ConfigError, RunConfig, validate
 from harness.engine.training import LocalTrainer
 from harness.models import build_model
 from partitions.federated import FederatedDataset
@@ -28,14 +30,31 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def check_device(cfg: RunConfig) -> None:
+    """What this machine cannot give the run, as one line before anything starts: device=cuda without a CUDA
+    device, or workers reserving GPUs a local Ray does not have (it would wait forever to place them).
+    Skipped for a cluster (workers.address): its nodes may have what the driver's machine lacks."""
+    if cfg.workers.use_ray and cfg.workers.address:
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.device == "cuda" and not gpus:
+        raise ConfigError("device=cuda but this machine has no CUDA device (torch.cuda.is_available() is False); "
+                          "use device=auto or device=cpu")
+    if cfg.workers.use_ray and cfg.workers.num_gpus > 0 and not gpus:
+        raise ConfigError(f"workers.num_gpus={cfg.workers.num_gpus} but this machine has no GPU, so Ray could never "
+                          f"place the workers; set workers.num_gpus=0")
+
+
 def build_algorithm(cfg: RunConfig, data: FederatedDataset) -> tuple[Algorithm, torch.nn.Module, np.ndarray]:
     """The algorithm, its model and the initial flat parameters (same on driver and workers)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch_generator(cfg.seed, "model-init").initial_seed()))
         base = build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.options)
         cls = registry.get(cfg.algorithm.name)
-        # build_model may add modules (FedRoD's personal head); its spec is computed after
+        # build_model may add modules (FedRoD's personal head, Floco's simplex, sized by its hyperparameters);
+        # the spec is computed after. The probe has the hyperparameters but no context yet.
         probe = cls.__new__(cls)
+        probe.params = cls.Params(**cfg.algorithm.params)
         model = cls.build_model(probe, base)
     spec = ParamSpec.of(model)
     ctx = AlgoContext(spec=spec, train=cfg.train, num_clients=data.num_clients, num_classes=data.num_classes,
@@ -71,9 +90,11 @@ class Worker:
     def train(self, jobs: list[ClientJob]) -> list[ClientUpdate]:
         out = []
         for job in jobs:
-            before = self._sampled_correct(job, self.algo.received_vector(job, self.trainer)) if self.cfg.eval_sampled \
-                else None
-            self.trainer.start(job)  # after the "before" evaluation: it never counts against the budget
+            before = None
+            if self.cfg.eval_sampled:  # with fresh counters and no step budget: evaluation never counts against it
+                self.trainer.start(dataclasses.replace(job, max_steps=None))
+                before = self._sampled_correct(job, self.algo.received_vector(job, self.trainer))
+            self.trainer.start(job)
             update = self.algo.local_update(job, self.trainer)
             if before is not None:
                 after = self._sampled_correct(job, self.algo.trained_vector(job, update, self.trainer))

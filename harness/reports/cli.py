@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="rank by: final / best personalized accuracy, worst10 (worst-10%% clients), "
                         "tta (simulated time to --target), bytes (communicated)")
     p.add_argument("--target", type=float, default=0.8, help="accuracy target of tta, in [0, 1] (default 0.8)")
-    p.add_argument("--out", help="export folder (default exports/<experiment>)")
+    p.add_argument("--out", help="export folder (default exports/<experiment>, the name made a safe folder name)")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of md,csv,tex,html")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}; choose from md, csv, tex, html")
-    out = args.out or str(Path("exports") / args.experiment)
+    from harness.tracking import safe_name
+
+    out = args.out or str(Path("exports") / safe_name(args.experiment))  # a name never leaves exports/
     result = export(args.tracking_uri, args.experiment, out, metric=args.metric, target=args.target,
                     study=args.study, formats=formats, plots=not args.no_plots, log_to_mlflow=not args.no_log)
     print(result.markdown)

@@ -30,8 +30,8 @@ import pandas as pd
 from harness.reports.rank import GROUP
 
 # config values that do not change what a run computes: not part of a group's identity
-NEUTRAL_PARAMS = ("name", "seed", "checkpoint_dir", "checkpoint_every", "partition.cache_dir", "data.root",
-                  "data.download")
+NEUTRAL_PARAMS = ("name", "seed", "checkpoint_dir", "checkpoint_every", "keep_checkpoint", "partition.cache_dir",
+                  "data.root", "data.download")
 NEUTRAL_PREFIXES = ("workers.", "tracking.", "store.")
 
 
@@ -43,11 +43,10 @@ class RunData:
 
 
 def load_runs(tracking_uri: str | None, experiment: str, study: str | None = None, target: float = 0.8) -> RunData:
-    from mlflow.tracking import MlflowClient
-
+    from harness.tracking import mlflow_client
     from harness.tracking import tracking_uri as resolve
 
-    client = MlflowClient(resolve(tracking_uri))
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"

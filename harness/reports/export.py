@@ -78,9 +78,9 @@ def export(tracking_uri: str | None, experiment: str, out_dir: str | Path, metri
 def log_export(uri: str, experiment: str, metric: str, files: list[Path], plots: list[Path]) -> str:
     """Tables and plots go to one `leaderboard` run of the experiment (reused on each export, so
     the experiment holds one current leaderboard; it has no config hash, so studies ignore it)."""
-    from mlflow.tracking import MlflowClient
+    from harness.tracking import mlflow_client
 
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     found = client.search_runs([exp.experiment_id], "tags.`fedharness.kind` = 'leaderboard'", max_results=1)
     if found:

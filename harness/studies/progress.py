@@ -37,14 +37,14 @@ class StudyProgress:
             self.running[cell.index] = cell.label
             self._postfix()
 
-    def finish(self, cell: Cell, status: str, seconds: float, acc: float | None) -> None:
+    def finish(self, cell: Cell, status: str, seconds: float, acc: float | None, note: str = "") -> None:
         with self.lock:
             self.running.pop(cell.index, None)
             if status != "KILLED":  # an interrupted cell is not done; the next study run picks it up
                 self.done += 1
             acc_text = f"  personal_acc={acc:.4f}" if acc is not None else ""
             line = f"[{self.done:>{len(str(self.total))}}/{self.total}] {status:<8} {cell.label}{acc_text}  " \
-                   f"({seconds:.1f} s)"
+                   f"({seconds:.1f} s)" + (f" {note}" if note else "")
             if self.bar is not None:
                 self.bar.write(line, file=sys.stdout)
                 self.bar.update(self.done - self.bar.n)

@@ -14,6 +14,11 @@ Why it runs the way it does:
   run's MLflow record (resume, retire, mark) is harness.studies.state's.
 - Engines are built one at a time (`_init_lock`): building one loads and partitions the data
   set and creates the MLflow run, which threads must not do into one cache/store at once.
+- Another process may run the same study on the same store at once: a cell runs only while this
+  process holds its claim (harness.studies.claims). A cell claimed elsewhere is put back at the end
+  of the queue; met again, it is waited for. Once a claim is held the cell's state is read again
+  from MLflow, so a cell the other process finished is skipped, one it paused stays paused, and
+  one it left behind (killed) is resumed or rerun as usual: every cell runs once.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from harness.studies.claims import Claim, claim_path
 from harness.studies.progress import StudyProgress
 from harness.studies.spec import Cell, Study
 from harness.studies.state import (
     CellState,
+    cell_state,
     cell_states,
     checkpointed_rounds,
     mark_resume_failed,
@@ -75,13 +82,15 @@ class StudyRunner:
         """The cells to run now and every cell's state; with until_round, a cell whose checkpoint
         already reaches that round is `paused` (nothing to do this time)."""
         states = cell_states(self.study, resume=self.resume)
-        if self.until_round is not None:
-            for cell in self.study.cells:
-                st = states[cell.index]
-                if st.action == "resume" and checkpointed_rounds(cell, st.run_id) >= self.until_round:
-                    states[cell.index] = CellState("paused", st.run_id, st.previous)
+        states = {cell.index: self._paused(cell, states[cell.index]) for cell in self.study.cells}
         todo = [c for c in self.study.cells if states[c.index].action not in ("done", "paused")]
         return todo, states
+
+    def _paused(self, cell: Cell, st: CellState) -> CellState:
+        if (self.until_round is not None and st.action == "resume"
+                and checkpointed_rounds(cell, st.run_id) >= self.until_round):
+            return CellState("paused", st.run_id, st.previous)
+        return st
 
     # -- run
     def run(self) -> StudyOutcome:
@@ -98,10 +107,7 @@ class StudyRunner:
                 if self.study.parallel_cells > 1 and len(todo) > 1:
                     self._run_parallel(todo)
                 else:
-                    for cell in todo:
-                        self._run_cell(cell)
-                        if self.fail_fast and self.outcome.failed:
-                            break
+                    self._run_sequential(todo)
         except KeyboardInterrupt:
             self.outcome.interrupted = True
         finally:
@@ -109,11 +115,44 @@ class StudyRunner:
             if self._actors is not None:
                 self._actors.clear()
             if self._started_ray:
-                import ray
+                from harness.engine.executor import shutdown_ray
 
-                ray.shutdown()
+                shutdown_ray()
             self.outcome.wall_s = time.perf_counter() - t0
         return self.outcome
+
+    def _run_sequential(self, todo: list[Cell]) -> None:
+        queue, waited = deque(todo), set()
+        while queue:
+            cell = queue.popleft()
+            if not self._run_claimed(cell, wait=cell.index in waited):
+                waited.add(cell.index)  # running in another process: come back to it at the end
+                queue.append(cell)
+            if self.fail_fast and self.outcome.failed:
+                break
+
+    def _run_claimed(self, cell: Cell, wait: bool) -> bool:
+        """Run the cell while holding its claim; False (nothing done) if another process holds it and
+        `wait` is False. With the claim held, the cell's state is read again (see the module's notes)."""
+        claim = Claim(claim_path(self.study, cell))
+        if not claim.acquire(wait=False):
+            if not wait:
+                return False
+            print(f"cell {cell.index + 1} ({cell.label}): another process runs it; waiting for it", flush=True)
+            claim.acquire(wait=True)
+        try:
+            state = self._paused(cell, cell_state(self.study, cell, resume=self.resume))
+            if state.action in ("done", "paused"):
+                self.outcome.skipped.append(cell.index)
+                self.outcome.run_ids[cell.index] = state.run_id
+                self.bar.finish(cell, "skipped", 0.0, None, note=f"({state.previous} in run {state.run_id}, "
+                                                                 "by another process)")
+                return True
+            self.states[cell.index] = state
+            self._run_cell(cell)
+        finally:
+            claim.release()
+        return True
 
     def _init_ray(self, todo: list[Cell]) -> None:
         """One Ray session for the whole study. A local cluster gets the machine's CPUs when cells
@@ -123,7 +162,7 @@ class StudyRunner:
             return
         import ray
 
-        from harness.engine.executor import init_ray
+        from harness.engine.cluster import check_resources, init_ray
 
         if ray.is_initialized():
             return
@@ -136,6 +175,8 @@ class StudyRunner:
             cfg.workers.num_cpus = 1.0
         init_ray(cfg)
         self._started_ray = True
+        for cell in ray_cells:  # a cell whose actors can never be placed fails the study now, in one line
+            check_resources(cell.config)
 
     def _engine(self, cell: Cell, state: CellState):
         """(engine, resumed): the cell's run reopened from its checkpoint, or a new run. A
@@ -206,7 +247,7 @@ class StudyRunner:
     def _run_parallel(self, todo: list[Cell]) -> None:
         """Cells in threads, in spec order; the next cell waits until its actors fit (see above)."""
         capacity_cpu, capacity_gpu = _cluster_capacity()
-        queue = deque(todo)
+        queue, waited = deque(todo), set()
         running: dict[Future, Cell] = {}
         with ThreadPoolExecutor(max_workers=self.study.parallel_cells, thread_name_prefix="cell") as pool:
             try:
@@ -220,11 +261,13 @@ class StudyRunner:
                         if running and not fits:
                             break
                         queue.popleft()
-                        running[pool.submit(self._run_cell, cell)] = cell
+                        running[pool.submit(self._run_claimed, cell, cell.index in waited)] = cell
                     done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        running.pop(fut)
-                        fut.result()
+                        cell = running.pop(fut)
+                        if not fut.result():  # claimed by another process: wait for it when met again
+                            waited.add(cell.index)
+                            queue.append(cell)
                     if self.fail_fast and self.outcome.failed:
                         queue.clear()
             except KeyboardInterrupt:

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
-from harness.config import ConfigError, RunConfig, load_config
+from harness.config import ConfigError, RunConfig, load_config, read_yaml
 from protocol.specs import Strict
 
 STUDY_TAG = "fedharness.study"
@@ -113,7 +112,7 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"study spec {where!r} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path, "study spec")
         base_dir = path.resolve().parent
         if not isinstance(tree, dict):
             raise ConfigError(f"study spec {where!r} must hold a mapping at top level")
@@ -128,7 +127,7 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         base_path = (base_dir / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
         if not base_path.is_file():
             raise ConfigError(f"study spec {where}: base {spec.base!r} does not exist (looked for {base_path})")
-        base_tree = yaml.safe_load(base_path.read_text()) or {}
+        base_tree = read_yaml(base_path, f"study spec {where}: base")
     else:
         base_tree = spec.base
     experiment = spec.experiment or spec.name

@@ -9,6 +9,10 @@ Why the rules are these:
   MLflow run; without one (or with `resume=False`) the cell reruns as a new run, and the old
   record is ended and says why (`retire`), so the experiment shows no run RUNNING forever.
 - FAILED runs are kept as they are (the failure stays inspectable); the cell reruns.
+- A FINISHED run's checkpoint folder is removed (unless keep_checkpoint), so "done" is MLflow's word
+  alone; a paused (--until-round) or interrupted run keeps its checkpoint, which is what `resume` needs.
+- With two study processes on one store, the runner asks again (`cell_state`) once it holds a cell's
+  claim (harness.studies.claims): the answer may have changed since the plan.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from harness.studies.spec import Cell, Study
 from harness.tracking import ensure_experiment
+from harness.tracking import mlflow_client as tracking_client
 
 STALE_REASON = "stale: left RUNNING by a process that died (hard kill); superseded by a study rerun"
 FAILURE_TAG = "fedharness.failure"
@@ -35,9 +40,8 @@ class CellState:
 
 
 def mlflow_client(study: Study):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(study.tracking_uri)
+    """The study's store, opened safely when other processes use it too (harness.tracking.mlflow_client)."""
+    return tracking_client(study.tracking_uri)
 
 
 def study_experiment(study: Study) -> str:
@@ -56,27 +60,33 @@ def cell_states(study: Study, resume: bool = True) -> dict[int, CellState]:
             h = run.data.tags.get("fedharness.config_hash")
             if h:
                 by_hash.setdefault(h, []).append(run)
-    states = {}
-    for cell in study.cells:
-        runs = sorted(by_hash.get(cell.hash, []), key=lambda r: r.info.start_time or 0, reverse=True)
-        finished = [r for r in runs if r.info.status == "FINISHED"]
-        if finished:
-            states[cell.index] = CellState("done", finished[0].info.run_id, "FINISHED")
-            continue
-        unfinished = [r for r in runs if r.info.status in ("RUNNING", "KILLED", "SCHEDULED")]
-        if unfinished:
-            r = unfinished[0]
-            ckpt = Path(cell.config.checkpoint_dir) / r.info.run_id / "meta.json"
-            if resume and ckpt.is_file():
-                states[cell.index] = CellState("resume", r.info.run_id, r.info.status)
-                continue
-            states[cell.index] = CellState("rerun", r.info.run_id, r.info.status)
-            continue
-        if runs:
-            states[cell.index] = CellState("rerun", runs[0].info.run_id, runs[0].info.status)
-        else:
-            states[cell.index] = CellState("todo")
-    return states
+    return {cell.index: _decide(cell, by_hash.get(cell.hash, []), resume) for cell in study.cells}
+
+
+def cell_state(study: Study, cell: Cell, resume: bool = True) -> CellState:
+    """One cell's state as MLflow has it now (read again once the cell's claim is held: another study
+    process may have finished it since the plan)."""
+    client = mlflow_client(study)
+    exp = client.get_experiment_by_name(study.experiment)
+    runs = search_all(client, exp.experiment_id, f"tags.`fedharness.config_hash` = '{cell.hash}'") if exp else []
+    return _decide(cell, runs, resume)
+
+
+def _decide(cell: Cell, runs: list, resume: bool) -> CellState:
+    runs = sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished:
+        return CellState("done", finished[0].info.run_id, "FINISHED")
+    unfinished = [r for r in runs if r.info.status in ("RUNNING", "KILLED", "SCHEDULED")]
+    if unfinished:
+        r = unfinished[0]
+        ckpt = Path(cell.config.checkpoint_dir) / r.info.run_id / "meta.json"
+        if resume and ckpt.is_file():
+            return CellState("resume", r.info.run_id, r.info.status)
+        return CellState("rerun", r.info.run_id, r.info.status)
+    if runs:
+        return CellState("rerun", runs[0].info.run_id, runs[0].info.status)
+    return CellState("todo")
 
 
 def search_all(client, experiment_id: str, filter_string: str) -> list:

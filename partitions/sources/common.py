@@ -25,7 +25,8 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     (N, D) tables get per-feature statistics (zero std -> 1)."""
     if x.ndim == 2:
         xf = x.astype(np.float64)
-        std = xf.std(0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            std = xf.std(0)
         return tuple(xf.mean(0).tolist()), tuple(np.where(std > 0, std, 1.0).tolist())
     channels = x.shape[1] if x.ndim == 4 else 1
     means, stds = [], []
@@ -40,8 +41,9 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
             mean = (hist * v).sum() / hist.sum()
             var = (hist * (v - mean) ** 2).sum() / hist.sum()
         else:
-            mean = float(plane.mean(dtype=np.float64))
-            var = float(plane.var(dtype=np.float64))
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: refused by load_source
+                mean = float(plane.mean(dtype=np.float64))
+                var = float(plane.var(dtype=np.float64))
         means.append(float(mean))
         stds.append(float(np.sqrt(var)) if var > 0 else 1.0)
     return tuple(means), tuple(stds)
@@ -78,6 +80,26 @@ def labels_to_int(y: np.ndarray, what: str) -> tuple[np.ndarray, list[str] | Non
     return y, None
 
 
+def check_class_ids(y: np.ndarray, what: str) -> None:
+    """Integer labels without class names must be the class ids 0..C-1, each used.
+
+    A gap is an error, not a remap: one stray label (1000 among 0..9) would otherwise make a 1,001-class
+    model, and a silent remap would renumber classes away from what the file (and other files of the
+    same data set) mean by them. Labels stored as strings are mapped to 0..C-1 in sorted order with
+    their names recorded; a source with real gaps passes class names, which make C explicit."""
+    if not len(y):
+        return
+    present = np.unique(y)
+    if present[-1] == len(present) - 1:
+        return
+    top = int(present[-1])
+    shown = ", ".join(str(int(v)) for v in present[:12]) + (", ..." if len(present) > 12 else "")
+    raise ValueError(f"{what}: labels must be the class ids 0..C-1, but the {len(present)} distinct labels are "
+                     f"{shown} ({top + 1 - len(present):,} ids below {top} unused; {top} is the label of "
+                     f"{int((y == top).sum())} sample(s)); fix the labels, or store class names (arrays: a "
+                     f"`classes` key) or string labels to make the classes explicit")
+
+
 def groups_to_int(groups: np.ndarray | None) -> np.ndarray | None:
     """Group ids as int64 (strings -> their sorted position): what the natural scheme counts."""
     if groups is None:
@@ -89,11 +111,14 @@ def groups_to_int(groups: np.ndarray | None) -> np.ndarray | None:
 
 
 def make_data(x: np.ndarray, y: np.ndarray, name: str, class_names: list[str] | None = None,
-              groups: np.ndarray | None = None, columns: tuple[str, ...] = ()) -> ArrayData:
-    """An ArrayData in the sources' conventions (see the module doc) from whatever a reader returned."""
+              groups: np.ndarray | None = None, columns: tuple[str, ...] = (), where: str | None = None) -> ArrayData:
+    """An ArrayData in the sources' conventions (see the module doc) from whatever a reader returned;
+    `where` (e.g. "arrays: data.root='x.npz'") names the data in error messages (default: `name`)."""
     x = to_nchw(np.asarray(x), name)
     y, names = labels_to_int(y, name)
     class_names = class_names or names
+    if not class_names:
+        check_class_ids(y, where or name)
     num_classes = int(y.max()) + 1 if len(y) else 0
     if class_names and len(class_names) >= num_classes:
         num_classes = len(class_names)

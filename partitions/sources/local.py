@@ -7,6 +7,7 @@ once and cached as uint8, since decoding 60,000 JPEGs costs more than reading th
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,14 @@ class _Table:
             self.files = {p.stem: p for p in sorted(root.glob("*.npy"))}
             self.npz = None
         elif root.suffix == ".npz":
-            self.npz = np.load(root, allow_pickle=False)
+            try:
+                self.npz = np.load(root, allow_pickle=False)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(f"arrays: data.root={str(root)!r} is corrupt or not a .npz data file "
+                                 f"({_why(err)})") from None
+            if not hasattr(self.npz, "files"):  # a .npy array under a .npz name
+                raise ValueError(f"arrays: data.root={str(root)!r} is a single .npy array, not a .npz archive of "
+                                 f"named arrays; rename it to .npy")
             self.files = {}
         elif root.suffix == ".npy":
             self.files = {p.stem: p for p in sorted(root.parent.glob("*.npy"))}
@@ -54,13 +62,38 @@ class _Table:
         return list(self.npz.files) if self.npz is not None else list(self.files)
 
     def __getitem__(self, key: str) -> np.ndarray:
-        if self.npz is not None:
-            return self.npz[key]
-        return np.load(self.files[key], allow_pickle=False)
+        where = f"key {key!r} of {str(self.root)!r}" if self.npz is not None else repr(str(self.files[key]))
+        try:
+            value = self.npz[key] if self.npz is not None else np.load(self.files[key], allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"arrays: {where} is corrupt or not a fedharness data array ({_why(err)})") from None
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"arrays: {where} is not a .npy array")
+        return value
 
     def close(self) -> None:
         if self.npz is not None:
             self.npz.close()
+
+
+def _why(err: BaseException) -> str:
+    """numpy's reasons, in words that do not suggest trusting the file with allow_pickle."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, zipfile.BadZipFile) or isinstance(err, EOFError):
+        return f"truncated or damaged: {text}"
+    if "pickle" in text:
+        return "neither a zip archive of .npy arrays nor a .npy array; fedharness never unpickles data files" \
+            if "Object arrays" not in text else "it holds Python objects, which fedharness never unpickles"
+    return text
+
+
+def _concat(table: _Table, keys: list[str], ravel: bool = False) -> np.ndarray:
+    parts = [table[k].ravel() if ravel else table[k] for k in keys]
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        shapes = ", ".join(f"{k}: {p.shape}" for k, p in zip(keys, parts, strict=True))
+        raise ValueError(f"arrays: keys of {str(table.root)!r} do not stack ({shapes})") from None
 
 
 def _split_keys(table: _Table, base: str, split: str | None, field: str) -> list[str]:
@@ -100,7 +133,11 @@ def decode_jpeg_blob(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     for start in range(0, len(offsets) - 1, 8192):
         stop = min(start + 8192, len(offsets) - 1)
         chunk = [data[offsets[i] : offsets[i + 1]] for i in range(start, stop)]
-        images = decode_jpeg(chunk, mode=ImageReadMode.RGB)
+        try:
+            images = decode_jpeg(chunk, mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise ValueError(f"JPEG blob: images {start}..{stop - 1} do not decode "
+                             f"({str(err).splitlines()[0] if str(err) else 'corrupt'})") from None
         try:
             out.append(torch.stack(images).numpy())
         except RuntimeError:
@@ -128,7 +165,7 @@ def arrays(spec: DataSpec) -> ArrayData:
         name = spec.name or (root.stem if root.is_file() else root.name)
         y_base = _pick(table, spec.label_column, Y_KEYS, "data.label_column")
         y_keys = _split_keys(table, y_base, spec.split, "data.label_column")
-        y = np.concatenate([table[k].ravel() for k in y_keys])
+        y = _concat(table, y_keys, ravel=True)
         keys = table.keys
         if spec.image_column in (None, "jpeg") and "jpeg" in keys and "offsets" in keys:
             decoded = cached_arrays(data_cache(spec), "jpeg", {"kind": "jpeg-blob", **file_fingerprint(root)},
@@ -142,11 +179,10 @@ def arrays(spec: DataSpec) -> ArrayData:
                 x_base = root.stem
             else:
                 x_base = _pick(table, spec.image_column, X_KEYS, "data.image_column")
-            x = np.concatenate([table[k] for k in _split_keys(table, x_base, spec.split, "data.image_column")])
+            x = _concat(table, _split_keys(table, x_base, spec.split, "data.image_column"))
         groups = None
         if spec.group_column:
-            groups = np.concatenate([table[k].ravel() for k in
-                                     _split_keys(table, spec.group_column, spec.split, "data.group_column")])
+            groups = _concat(table, _split_keys(table, spec.group_column, spec.split, "data.group_column"), ravel=True)
         class_names = None
         for key in ("classes", "class_names"):
             if key in keys:
@@ -156,5 +192,5 @@ def arrays(spec: DataSpec) -> ArrayData:
         table.close()
     if len(x) != len(y):
         raise ValueError(f"arrays: {len(x)} inputs but {len(y)} labels in {str(root)!r}")
-    return make_data(x, y, name, class_names, groups, columns)
+    return make_data(x, y, name, class_names, groups, columns, where=f"arrays: data.root={str(root)!r}")
 

@@ -62,6 +62,7 @@ def load_source(spec: DataSpec) -> ArrayData:
     if not isinstance(data, ArrayData):
         raise TypeError(f"data source {spec.source}: returned {type(data).__name__}, not an ArrayData "
                         f"(partitions.sources.common.make_data builds one from arrays)")
+    check_finite_inputs(data, spec)
     if spec.invert:
         x = 255 - data.x if data.x.dtype == np.uint8 else (1.0 - data.x).astype(data.x.dtype)
         data = ArrayData(x, data.y, data.num_classes, tuple(1.0 - m for m in data.mean), data.std, data.name,
@@ -69,3 +70,19 @@ def load_source(spec: DataSpec) -> ArrayData:
     if spec.max_samples is not None and spec.max_samples < len(data.y):
         data = data.subset(slice(0, spec.max_samples))
     return data
+
+
+def check_finite_inputs(data: ArrayData, spec: DataSpec) -> None:
+    """NaN/inf inputs are an error at load: held by one client they would still poison the data set's
+    channel mean/std, and with it every client's normalized inputs. Counted per sample, in chunks."""
+    x = data.x
+    if x.dtype.kind != "f" or not len(x):
+        return
+    flat = x.reshape(len(x), -1)
+    bad = np.concatenate([~np.isfinite(flat[i : i + 4096]).all(axis=1) for i in range(0, len(x), 4096)])
+    if bad.any():
+        where = f"data.root={spec.root!r}" if spec.root is not None else f"data.source={spec.source!r}"
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(f"{data.name} ({where}): {int(bad.sum()):,} of {len(x):,} samples have NaN/inf input values "
+                         f"(samples {', '.join(map(str, first))}{', ...' if bad.sum() > 5 else ''}); fix or drop "
+                         f"them in the data (fedharness does not guess values for them)")

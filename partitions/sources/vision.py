@@ -142,6 +142,17 @@ def emnist(spec: DataSpec) -> ArrayData:
     return make_data(x, y, f"emnist-{split}", classes)
 
 
+def _check_archive(what: str, path: Path, md5: str) -> None:
+    """An archive from data.root is unpacked only if it is the original (torchvision's known md5): a crafted
+    tar could write outside the scratch folder. The pickles inside are then checked by torchvision itself,
+    against the md5s it ships, before it unpickles them (CIFAR10._check_integrity, _load_meta)."""
+    from torchvision.datasets.utils import check_integrity
+
+    if not check_integrity(str(path), md5):
+        raise ValueError(f"{what}: {path} is not the original archive (its md5 is not torchvision's {md5}); "
+                         f"refusing to unpack it. Replace it with the original, or unpack it yourself into data.root")
+
+
 def _cifar(spec: DataSpec, cls_name: str, what: str, folder: str, archive: str) -> ArrayData:
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import extract_archive
@@ -154,6 +165,7 @@ def _cifar(spec: DataSpec, cls_name: str, what: str, folder: str, archive: str) 
         elif root.name == folder and root.is_dir():
             base = root.parent
         elif (root / archive).is_file():
+            _check_archive(what, root / archive, cls.tgz_md5)
             base = scratch / digest(file_fingerprint(root / archive))[:16]
             if not (base / folder).is_dir():
                 extract_archive(str(root / archive), str(base))

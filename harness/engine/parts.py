@@ -1,0 +1,48 @@
+"""What a run is built from (data, algorithm, initial model, virtual clock, clients per round), built and
+checked before the run's MLflow record or checkpoint exists: bad input leaves no trace."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import ConfigError, RunConfig
+from harness.engine.clock import DeviceProfiles, VirtualClock
+from harness.engine.worker import build_algorithm, check_device
+from partitions import build_federated_dataset
+from partitions.federated import FederatedDataset
+
+
+@dataclass
+class Parts:
+    """What a run is built from. Building it checks every input (data, model, device, budget), so it comes
+    before the run's MLflow record and checkpoint exist."""
+
+    data: FederatedDataset
+    algo: object
+    global_vec: np.ndarray
+    clock: VirtualClock
+    k: int
+
+
+def build_parts(cfg: RunConfig) -> Parts:
+    check_device(cfg)
+    _check_writable_folder(cfg.checkpoint_dir, "checkpoint_dir")
+    data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
+    algo, _, global_vec = build_algorithm(cfg, data)
+    profiles = DeviceProfiles.draw(cfg.budget, data.num_clients, cfg.seed)
+    clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
+    return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)))
+
+
+def _check_writable_folder(path: str, field: str) -> None:
+    """A folder that exists or can be created, without creating it (bad input leaves no trace)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        why = "not a folder" if not p.is_dir() else "not writable"
+        raise ConfigError(f"{field}={path!r} cannot hold checkpoints ({p} is {why})")
