@@ -83,12 +83,17 @@ def avgcnn_bn(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
 
 
 @model("mlp")
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> BodyHead:
-    """Two hidden ReLU layers; the default for small inputs such as the 8x8 digits."""
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128, batchnorm: bool = False) -> BodyHead:
+    """Two hidden ReLU layers; the default for small inputs such as the 8x8 digits. `batchnorm=True` puts a
+    BatchNorm1d before each ReLU (Linear-BN-ReLU), a model FedBN can run on tables and tiny images."""
     dim = 1
     for d in input_shape:
         dim *= d
-    body = nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+
+    def block(n_in: int) -> list[nn.Module]:
+        return [nn.Linear(n_in, hidden), *([nn.BatchNorm1d(hidden)] if batchnorm else []), nn.ReLU()]
+
+    body = nn.Sequential(nn.Flatten(), *block(dim), *block(hidden))
     return BodyHead(body, nn.Linear(hidden, num_classes))
 
 

@@ -61,6 +61,26 @@ def small_config(tmp_path, *overrides: str, **fields):
     return load_config(base, list(overrides))
 
 
+#: What an algorithm needs beyond small_config to run on digits at all: FedBN keeps the BatchNorm layers
+#: personal and refuses a model without them.
+NEEDS_ON_DIGITS: dict[str, tuple[str, ...]] = {"fedbn": ("model.options.batchnorm=true",)}
+
+#: Where an algorithm's own step sizes (not train.lr) set the pace, or its defaults are meant for hundreds of
+#: rounds and larger cohorts, the two-round learning check uses faster values; each default itself is tested
+#: against its paper elsewhere. DP-FedAvg's noise std z*S/|S_t| is 0.1 per weight with 10 clients at z=1
+#: (more than a tiny MLP's weights); q-FFL's h_k grows with ||Δw||² (q=1 barely moves after 3 epochs at lr
+#: 0.1); FedAdagrad/FedYogi's first steps are eta*(1-beta1) per coordinate; Per-FedAvg trains with alpha/beta.
+FAST_LEARNING: dict[str, tuple[str, ...]] = {
+    **NEEDS_ON_DIGITS,
+    "dpfedavg": ("algorithm.noise_multiplier=0.01",),
+    "qffl": ("algorithm.q=0.01",),
+    "fedadagrad": ("algorithm.server_lr=0.3",),
+    "fedyogi": ("algorithm.server_lr=0.03",),
+    "perfedavg_fo": ("algorithm.alpha=0.1", "algorithm.beta=0.2"),
+    "perfedavg_hf": ("algorithm.alpha=0.1", "algorithm.beta=0.2"),
+}
+
+
 def metrics_history(result, drop: tuple[str, ...] = ("wall_round_time",)) -> list[dict]:
     """A run's per-round metrics in a form `==` can compare: wall-clock times dropped and NaN
     (global_* of an algorithm without a global model) replaced by None, since NaN != NaN."""

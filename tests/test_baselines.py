@@ -19,7 +19,7 @@ from algorithms.base import ClientJob
 from harness.engine import resume, run
 from harness.engine.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
-from tests.conftest import metrics_history, small_config
+from tests.conftest import FAST_LEARNING, metrics_history, small_config
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_fedala_gives_the_same_numbers_on_one_and_two_ray_workers(tmp_path, ray_
 @pytest.mark.parametrize("name", registry.names())
 def test_every_algorithm_learns_digits_in_two_rounds(tmp_path, name):
     cfg = small_config(tmp_path, f"algorithm.name={name}", "rounds=2", "join_ratio=1.0", "train.local_epochs=3",
-                       "train.lr=0.1")
+                       "train.lr=0.1", *FAST_LEARNING.get(name, ()))
     result = run(cfg, progress=False)
     assert result.final["personal_acc"] > 0.3, result.final  # chance is 0.1
     assert np.isfinite(result.global_vec).all()

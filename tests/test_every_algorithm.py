@@ -8,14 +8,14 @@ import pytest
 
 from algorithms import registry
 from harness.engine import run
-from tests.conftest import metrics_history, small_config
+from tests.conftest import NEEDS_ON_DIGITS, metrics_history, small_config
 
 ALGORITHMS = registry.names()
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_in_process_ray_and_disk_store_agree(tmp_path, ray_session, algorithm):
-    common = (f"algorithm.name={algorithm}", "rounds=2", "eval_every=2")
+    common = (f"algorithm.name={algorithm}", "rounds=2", "eval_every=2", *NEEDS_ON_DIGITS.get(algorithm, ()))
     local = run(small_config(tmp_path / "local", *common), progress=False)
     on_ray = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False)
     disk = run(small_config(tmp_path / "disk", *common, "store.backend=disk"), progress=False)

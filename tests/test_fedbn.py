@@ -59,3 +59,32 @@ def test_fedbn_differs_from_fedavg_only_through_the_batchnorm_layers(tmp_path):
 def test_fedbn_refuses_a_model_without_batchnorm(tmp_path):
     with pytest.raises(ValueError, match="fedbn: this model leaves the personal part empty"):
         run(small_config(tmp_path, "algorithm.name=fedbn", "rounds=1"), progress=False)
+
+
+def test_mlp_batchnorm_option_adds_batchnorm_and_leaves_the_default_mlp_unchanged():
+    import torch
+
+    torch.manual_seed(0)
+    plain = build_model("mlp", (1, 8, 8), 10, hidden=16)
+    torch.manual_seed(0)
+    bn = build_model("mlp", (1, 8, 8), 10, hidden=16, batchnorm=True)
+    assert not ParamSpec.of(plain).batchnorm_names
+    assert ParamSpec.of(bn).batchnorm_names == {f"body.{i}.{t}" for i in (2, 5)
+                                                for t in ("weight", "bias", "running_mean", "running_var",
+                                                          "num_batches_tracked")}
+    assert [n for n, _ in plain.named_parameters()] == ["body.1.weight", "body.1.bias", "body.3.weight",
+                                                         "body.3.bias", "head.weight", "head.bias"]
+
+
+def test_a_batchnorm_model_skips_a_trailing_batch_of_one_sample(tmp_path):
+    from harness.engine.worker import Worker
+    from partitions import build_federated_dataset
+    from protocol.messages import ClientJob
+
+    cfg = small_config(tmp_path, "algorithm.name=fedbn", "model.options.batchnorm=true", "train.batch_size=16")
+    data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
+    cid = next(c for c in range(data.num_clients) if len(data.train_of(c)) % 16 == 1)
+    worker = Worker(cfg.model_dump(mode="json"), data)
+    job = ClientJob(cid, 0, {"model": worker.trainer.get_vector()}, {})
+    update = worker.train([job])[0]
+    assert update.finite and update.steps == len(data.train_of(cid)) // 16  # the one-sample batch is skipped

@@ -51,6 +51,8 @@ class LocalTrainer:
         self.train_spec = train
         self.device = device
         self.seed = seed
+        # BatchNorm cannot normalise a batch of one sample in training mode: such a trailing batch is skipped
+        self.skips_single_batches = bool(spec.batchnorm_names)
         shape = (1, -1, *([1] * (len(data.input_shape) - 1)))  # per channel, broadcast over pixels
         self._mean = torch.as_tensor(data.mean, dtype=torch.float32, device=device).view(shape)
         self._std = torch.as_tensor(data.std, dtype=torch.float32, device=device).view_as(self._mean)
@@ -172,6 +174,8 @@ class LocalTrainer:
             if not self._affords(cost):
                 return False
             batch = order[start : start + bs]
+            if len(batch) == 1 and self.skips_single_batches:
+                continue  # BatchNorm (training mode) needs two samples; PyTorch users drop_last for the same reason
             yield self.tensors(batch)
             self._steps += cost
             self._samples += cost * len(batch)
