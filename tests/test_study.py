@@ -188,17 +188,23 @@ KILL_ROUNDS = 80  # long enough for a cell to be seen mid-way
 def _wait_mid_study(proc: subprocess.Popen, ckpt: Path, rounds: int = KILL_ROUNDS, timeout: float = 120) -> None:
     """Until one cell has checkpointed its last round and another is mid-way (>= 2 rounds done,
     >= 2 to go). Reads the small checkpoint files every 20 ms: polling MLflow took up to a second
-    per look, and a fast study could finish between two looks."""
+    per look, and a fast study could finish between two looks. A cell that finished removes its
+    checkpoint folder (keep_checkpoint: false), so "one cell finished" is remembered from the look
+    that saw its last round, or from its folder vanishing."""
     deadline = time.monotonic() + timeout
+    finished, seen = False, set()
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
-        done = []
+        done, present = [], set()
         for meta in ckpt.glob("*/meta.json"):
+            present.add(meta.parent.name)
             try:
                 done.append(json.loads(meta.read_text())["done_round"])
             except (json.JSONDecodeError, OSError):
                 pass  # being replaced right now
-        if rounds - 1 in done and any(1 <= d <= rounds - 3 for d in done):
+        finished = finished or rounds - 1 in done or bool(seen - present)
+        seen |= present
+        if finished and any(1 <= d <= rounds - 3 for d in done):
             return
         time.sleep(0.02)
     raise AssertionError("the study did not reach the middle in time")
@@ -349,3 +355,17 @@ def test_until_round_takes_cells_breadth_first_with_the_numbers_of_an_uninterrup
         straight = [m.value for m in MlflowClient(uri_b).get_metric_history(whole.run_ids[cell_index],
                                                                            "personal_acc")]
         assert len(paused) == 4 and paused == straight
+
+
+def test_cells_option_runs_only_the_chosen_cells_with_their_full_study_hashes(tmp_path, capsys):
+    from harness.cli import main
+
+    uri, extra = _paths(tmp_path)
+    assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--cells", "2,4", "--quiet", "--no-table"]) == 0
+    whole = load_study(TINY, extra, tracking_uri=uri)
+    ran = {r.data.tags["fedharness.config_hash"] for r in _runs(uri, "tiny")}
+    assert ran == {whole.cells[1].hash, whole.cells[3].hash}
+    capsys.readouterr()
+    assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--cells", "fedmagic", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no cell 'fedmagic'" in err[0]

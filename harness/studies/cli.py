@@ -11,6 +11,7 @@ finished cell); it does not go through the environment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until-round", type=int, metavar="R",
                    help="breadth first: take every cell to round R, then stop it (resumable; run again with a "
                         "larger R, or without the flag, to continue each cell from its checkpoint)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the checkpoints of cells that finish (= keep_checkpoint=true; paused cells keep theirs)")
+    p.add_argument("--cells", metavar="NAMES",
+                   help="run only these cells: comma-separated cell names (a cell's `name` value) or 1-based "
+                        "numbers as --dry-run lists them; the others are left as they are")
     p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
     p.add_argument("--no-table", action="store_true", help="skip the leaderboard printed at the end")
     return p
@@ -47,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     if args.until_round is not None and args.until_round < 1:
         raise ConfigError(f"--until-round must be >= 1, got {args.until_round}")
-    study = load_study(args.spec, args.overrides, tracking_uri=args.tracking_uri, parallel_cells=args.parallel)
+    overrides = [*args.overrides, *(["keep_checkpoint=true"] if args.keep_checkpoint else [])]
+    study = load_study(args.spec, overrides, tracking_uri=args.tracking_uri, parallel_cells=args.parallel)
+    if args.cells is not None:
+        study = only_cells(study, args.cells)
     if args.dry_run:
         return _print_plan(study, resume=not args.no_resume)
     n = len(study.cells)
@@ -74,14 +83,35 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if outcome.failed else 0
 
 
+def only_cells(study: Study, chosen: str) -> Study:
+    """The study restricted to the cells named (by `name` value or 1-based number) in a comma-separated list;
+    each cell keeps its number and config hash, so its MLflow run is the one the whole study would make."""
+    wanted = [w.strip() for w in chosen.split(",") if w.strip()]
+    if not wanted:
+        raise ConfigError("--cells is empty; give cell names or numbers, e.g. --cells fedrep,lgfedavg")
+    picked = []
+    for w in wanted:
+        match = [c for c in study.cells if str(c.values.get("name")) == w or str(c.index + 1) == w]
+        if not match:
+            names = ", ".join(str(c.values.get("name", c.index + 1)) for c in study.cells)
+            raise ConfigError(f"--cells: study {study.name} has no cell {w!r}; its cells: {names}")
+        picked += [c for c in match if c not in picked]
+    return dataclasses.replace(study, cells=sorted(picked, key=lambda c: c.index))
+
+
 def _print_plan(study: Study, resume: bool) -> int:
     """--dry-run: each cell's hash and what a run would do with it; never creates a store."""
+    from harness.studies.claims import Claim, claim_path
+
     path = study.tracking_uri
-    states = cell_states(study, resume=resume) if _store_exists(path) else {}
+    exists = _store_exists(path)
+    states = cell_states(study, resume=resume) if exists else {}
     print(f"study {study.name}: {len(study.cells)} cells -> experiment {study.experiment!r} at {path}")
     for cell in study.cells:
         st = states.get(cell.index, CellState("todo"))
         extra = f" ({st.previous} run {st.run_id})" if st.run_id else ""
+        if exists and st.action != "done" and Claim(claim_path(study, cell)).held_elsewhere():
+            extra += " [running in another process now]"
         print(f"  {cell.index + 1:>3}  {st.action:<6} {cell.hash}  {cell.label}{extra}")
     return 0
 
