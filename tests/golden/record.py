@@ -1,9 +1,15 @@
 """Record the golden per-round metrics that tests/test_golden.py compares bit for bit.
 
-The numbers were recorded once, before the architecture redesign (commit 31dad36), so that the
-redesigned engine is held to exactly what the old one computed:
+The numbers are recorded with the code as it was before the architecture redesign (commit 31dad36), so
+that the redesigned engine is held to exactly what the old one computed, once per CPU capability
+(float32 reductions differ in their last bits between instruction sets; tests/test_golden.py):
 
-    HF_HUB_OFFLINE=1 python -m tests.golden.record        # rewrites tests/golden/*.json (don't, casually)
+    git worktree add /tmp/pre 31dad36 && cp tests/golden/record.py tests/golden/__init__.py /tmp/pre/tests/golden/
+    cd /tmp/pre && HF_HUB_OFFLINE=1 PYTHONPATH=. python -m tests.golden.record   # needs ../shared beside /tmp/pre
+    cp /tmp/pre/tests/golden/<capability>/*.json <this repository>/tests/golden/<capability>/
+
+The first recording (tests/golden/*.json) was made on an earlier machine; tests/golden/AVX512/ on an AVX512
+machine on 2026-12-07, both at commit 31dad36.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ def history(result) -> list[dict]:
 def main() -> int:
     import tempfile
 
+    import torch
+
+    out_dir = HERE / torch.backends.cpu.get_cpu_capability()
+    out_dir.mkdir(exist_ok=True)
+
     from harness.config import load_config
     from harness.engine import run
 
@@ -58,17 +69,17 @@ def main() -> int:
             cfg = load_config(ROOT / "runs" / "quickstart.yaml", quickstart_overrides(algorithm, tmp))
             out[algorithm] = history(run(cfg, progress=False))
             print(algorithm, out[algorithm][-1]["personal_acc"], flush=True)
-        (HERE / "quickstart.json").write_text(json.dumps(out, indent=1, allow_nan=True))
+        (out_dir / "quickstart.json").write_text(json.dumps(out, indent=1, allow_nan=True))
         cfg = load_config(ROOT / "runs" / "paper" / "cifar10_dir0.1.yaml", cifar_overrides(tmp))
         cifar = history(run(cfg, progress=False))
         print("cifar10 fedobp", cifar[-1]["personal_acc"], flush=True)
-        (HERE / "cifar10_fedobp.json").write_text(json.dumps(cifar, indent=1, allow_nan=True))
+        (out_dir / "cifar10_fedobp.json").write_text(json.dumps(cifar, indent=1, allow_nan=True))
         small = {}
         for algorithm in ALGORITHMS:
             cfg = load_config(ROOT / "runs" / "paper" / "cifar10_dir0.1.yaml", cifar_small_overrides(algorithm, tmp))
             small[algorithm] = history(run(cfg, progress=False))
             print("cifar10", algorithm, small[algorithm][-1]["personal_acc"], flush=True)
-        (HERE / "cifar10_all.json").write_text(json.dumps(small, indent=1, allow_nan=True))
+        (out_dir / "cifar10_all.json").write_text(json.dumps(small, indent=1, allow_nan=True))
     return 0
 
 
