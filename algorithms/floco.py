@@ -32,9 +32,8 @@ client_app.py) and FL-bench (src/server/floco.py, src/client/floco.py). Differen
 - PCA by float64 SVD with a deterministic sign (largest loading positive) and components of (numerically) zero
   variance set to zero; endpoints initialised like the base model's classifier (PyTorch's Linear init, one
   draw per endpoint) where the authors use Xavier-normal with per-endpoint seeds.
-`endpoints` sizes the model: build_model reads it when the engine hands the hyperparameters to build_model
-(not yet: harness.engine.worker.build_algorithm builds the model on a bare probe), otherwise the default 10,
-and a different value is refused with a clear error.
+`endpoints` sizes the model: build_model reads it from the hyperparameters (harness.engine.worker.build_algorithm
+hands them to its probe); a model built with another number of endpoints is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -214,7 +213,7 @@ class Floco(Algorithm):
               "logged runs (= FL-bench defaults; the authors' Flower baseline: M 10, tau 250, rho 0.1/0.3)")
 
     def build_model(self, model: nn.Module) -> nn.Module:
-        params = getattr(self, "params", None)  # a bare probe (the current engine) has none
+        params = getattr(self, "params", None)  # a bare probe (built without hyperparameters) has none
         m = params.endpoints if params is not None else FlocoParams.model_fields["endpoints"].default
         return FlocoModel(model.body, SimplexHead(model.head, m))
 
@@ -223,9 +222,8 @@ class Floco(Algorithm):
         self.ends = self.spec.slot("head.endpoints")
         self.alpha = self.spec.slot("head.alpha")
         if self.ends.shape[0] != params.endpoints:
-            raise ValueError(f"floco: endpoints={params.endpoints} but the model was built with {self.ends.shape[0]}: "
-                             "this engine builds the model before the hyperparameters are known "
-                             "(harness.engine.worker.build_algorithm), so only the default endpoints=10 works")
+            raise ValueError(f"floco: endpoints={params.endpoints} but the model was built with {self.ends.shape[0]} "
+                             "(build_model needs the hyperparameters: harness.engine.worker.build_algorithm)")
         self.center = np.full(params.endpoints, 1.0 / params.endpoints, dtype=np.float32)
         self.placement: State = {}  # anchor = theta(tau-1) and the map, once fitted (server state)
 

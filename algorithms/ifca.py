@@ -97,7 +97,7 @@ class IFCA(Algorithm):
               "FEMNIST run (" + AUTHORS + "); independent inits as the authors' code")
 
     def build_model(self, model: nn.Module) -> nn.Module:
-        params = getattr(self, "params", None)  # a bare probe (the current engine) has none
+        params = getattr(self, "params", None)  # a bare probe (built without hyperparameters) has none
         return ClusterModel(model, params.k if params is not None else IFCAParams.model_fields["k"].default)
 
     def __init__(self, params: IFCAParams, ctx):
