@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $(STAMP)
 
+# The demo study (6 algorithms x 2 label skews x 3 seeds on offline digits; FINISHED cells are skipped on a
+# re-run), its leaderboard with confidence intervals and paired tests, figures as PNG/PDF/SVG, then where to look.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/fedharness run runs/quickstart.yaml --compare fedavg,local,fedper,fedrep,fedala,fedobp
+	HF_HUB_OFFLINE=1 $(BIN)/fedharness study runs/studies/demo.yaml --no-table
+	HF_HUB_OFFLINE=1 $(BIN)/fedharness leaderboard --experiment demo --study demo
+	@echo "Figures and tables: exports/demo/ (leaderboard.html opens in any browser)."
+	@echo "MLflow UI: $(BIN)/fedharness ui, then open http://127.0.0.1:5000/#/?workflowType=machine_learning (Ctrl-C stops it)"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q

@@ -114,6 +114,8 @@ class TrackingSpec(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
     experiment: str = "fedharness"
     enabled: bool = True
+    log_model: bool = Field(False, description="log the final global model (model/global.npy, param_spec.json, "
+                            "global_state_dict.pt) with a FINISHED run")
 
 
 class TierSpec(Strict):

@@ -121,12 +121,19 @@ class RetryingClient:
         return call
 
 
+#: MLflow 3's UI opens an experiment of this kind on its training runs table
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     """The experiment's id, creating it if needed (get-or-create: several processes may ask for a new
     experiment at once); with a SQLite store its artifacts live beside the database (MLflow's default is
     ./mlruns under whatever the current directory happens to be), in a folder named safe_name(name)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:  # made by an older fedharness: give it the kind too
+            for key, value in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     with store_lock(uri):
         exp = client.get_experiment_by_name(name)
@@ -136,8 +143,8 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         if uri.startswith("sqlite:///"):
             db = Path(uri.removeprefix("sqlite:///")).resolve()
             location = (db.parent / "artifacts" / safe_name(name)).as_uri()
-        try:
-            return client.create_experiment(name, artifact_location=location)
+        try:  # the kind tag makes MLflow's UI open the experiment on its runs table (not the GenAI overview)
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except MlflowException as err:  # created meanwhile by a process that does not take the lock
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -160,7 +167,7 @@ class Tracker:
         if run_id is None:
             exp_id = ensure_experiment(self.client, self.uri, cfg.tracking.experiment)
             all_tags = {
-                "mlflow.runName": cfg.name,
+                "mlflow.runName": run_name(cfg),
                 "fedharness.version": harness.__version__,
                 "fedharness.config_hash": cfg.config_hash(),
                 "fedharness.algorithm": cfg.algorithm.name,
@@ -206,6 +213,7 @@ class MlflowListener(Tracker, RoundListener):
     stopped on purpose (stop_after / --until-round) stays RUNNING, resumable."""
 
     def on_start(self, start: RunStart) -> None:
+        self._data = start.data  # for the final model's shapes (log_model)
         self.set_tags({"fedharness.dataset": start.data.name})  # e.g. cifar10_jpeg_blob, not "arrays"
         # a resume replays the rounds since its checkpoint: their metrics are already logged (identical)
         self._logged = {m.key: m.step for m in self.client.get_run(self.run_id).data.to_proto().metrics} \
@@ -253,6 +261,38 @@ class MlflowListener(Tracker, RoundListener):
             cfg = result.config
             plot_run_curves(result.history, tmp / "accuracy.png", title=f"{cfg.name} — {cfg.algorithm.name}")
             self.log_artifact(tmp / "accuracy.png")
+            if cfg.tracking.log_model and result.global_vec is not None:
+                for path in self._save_model(result, tmp / "model"):
+                    self.log_artifact(path, "model")
+
+    def _save_model(self, result: RunResult, folder: Path) -> list[Path]:
+        """The final server model: global.npy (the flat float32 vector), param_spec.json (each tensor's name,
+        offset and shape in it) and global_state_dict.pt (torch tensors only: torch.load(..., weights_only=True)
+        reads it into harness.models.build_model's model). The personal models live in the per-client states."""
+        import json
+
+        import numpy as np
+        import torch
+
+        from harness.engine.worker import build_algorithm
+        from protocol.params import vector_to_model
+
+        folder.mkdir()
+        algo, model, _ = build_algorithm(result.config, self._data)
+        vector_to_model(result.global_vec, model, algo.spec)
+        np.save(folder / "global.npy", result.global_vec)
+        slots = [{"name": s.name, "start": s.start, "stop": s.stop, "shape": list(s.shape)} for s in algo.spec.slots]
+        (folder / "param_spec.json").write_text(json.dumps({"size": algo.spec.size, "slots": slots}, indent=1))
+        torch.save(model.state_dict(), folder / "global_state_dict.pt")
+        return [folder / "global.npy", folder / "param_spec.json", folder / "global_state_dict.pt"]
+
+
+def run_name(cfg: RunConfig, what: str | None = None, extra: str = "") -> str:
+    """The name MLflow lists a run under: what ran (the algorithm, or a study cell's name), its seed, data set and
+    partition, most telling first since the UI's run list cuts names at ~25 characters:
+    `fedobp · s42 · cifar10 · dirichlet(alpha=0.1)`."""
+    parts = [what or cfg.algorithm.name, f"s{cfg.seed}", cfg.data.source, scheme_label(cfg.partition)]
+    return " · ".join([*parts, extra] if extra else parts)
 
 
 def partition_label(cfg: RunConfig) -> str:

@@ -8,12 +8,14 @@ import math
 import shutil
 import subprocess
 import urllib.request
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from harness import reports as lb
 
@@ -92,8 +94,14 @@ def test_leaderboard_numbers_equal_mlflow(store, exported):
                 continue
             assert row[f"{key}_mean"] == pytest.approx(values.mean(), rel=1e-12, abs=1e-12)
             assert row[f"{key}_std"] == pytest.approx(values.std(ddof=1), rel=1e-9, abs=1e-12)
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values)) \
+                if values.std() > 0 else (values.mean(), values.mean())
+            assert row[f"{key}_ci"] == pytest.approx((high - low) / 2, rel=1e-9, abs=1e-12)
         final = runs["final"].to_numpy()
-        assert f"{100 * final.mean():.2f} ± {100 * final.std(ddof=1):.2f}" in md  # as printed
+        half = stats.t.ppf(0.975, 1) * final.std(ddof=1) / np.sqrt(2)
+        printed = f"{100 * final.mean():.2f} ± {100 * half:.2f}" if round(100 * half, 2) > 0 \
+            else f"{100 * final.mean():.2f}"
+        assert printed in md  # as printed: mean ± 95% CI half-width
     assert f"{exported.table['n'].sum()} finished runs" in exported.caption
 
 
@@ -118,14 +126,17 @@ def test_aggregation_ranking_and_best_on_synthetic_runs():
     tta = lb.aggregate(runs, "tta").set_index("algorithm")
     assert math.isinf(tta.loc["b", "time_to_acc_mean"]) and tta.loc["b", "time_to_acc_reached"] == 1
     assert tta.loc[["a", "c", "b"], "rank"].tolist() == [1, 2, 3]  # lower is better; not reached is last
-    shown, bold, shared = lb.display_frame(lb.aggregate(runs, "tta"), "tta", 0.8)
-    assert shared == {"Data set": "d", "Budget": "b"} and "Data set" not in shown.columns
+    view = lb.display_frame(lb.aggregate(runs, "tta"), "tta", 0.8)
+    shown, bold = view.shown, view.bold
+    assert view.shared == {"Data set": "d", "Budget": "b"} and "Data set" not in shown.columns
     header = next(c for c in shown.columns if c.startswith("Time to 80%"))
     assert header.endswith("▼")
     b_row = shown.index[shown["Algorithm"] == "b"][0]
     assert shown.loc[b_row, header] == "not reached by 1 of 2 seeds" and not bold.loc[b_row, header]
     a_row = shown.index[shown["Algorithm"] == "a"][0]
-    assert bold.loc[a_row, header] and shown.loc[a_row, header] == "1.00 ± 0.00"
+    assert bold.loc[a_row, header] and shown.loc[a_row, header] == "1.00"  # seeds agree: no "± 0.00"
+    c_row = shown.index[shown["Algorithm"] == "c"][0]
+    assert view.second.loc[c_row, header] and not view.second.loc[a_row, header]  # 3.0: the second best
     with pytest.raises(ValueError, match="unknown metric 'speed'"):
         lb.aggregate(runs, "speed")
 
@@ -204,21 +215,24 @@ def test_exports_parse_and_bold_the_best(exported):
     tex = exported.paths["tex"].read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     assert tex.count("{") == tex.count("}")
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))  # booktabs
     body = [ln for ln in tex.splitlines() if ln.endswith(r"\\") and not ln.startswith(r"\textbf{Partition}")]
     assert len(body) == len(table)
     ncols = tex.split(r"\begin{tabular}{")[1].split("}")[0]
     assert all(ln.count(" & ") == len(ncols) - 1 for ln in body)
+
+    def cell(row) -> str:
+        text = f"{100 * row['personal_acc_mean']:.2f}"
+        return text + (f" $\\pm$ {100 * row['personal_acc_ci']:.2f}" if round(100 * row["personal_acc_ci"], 2) else "")
+
     for _, row in table[table["rank"] == 1].iterrows():  # the winner's accuracy is bold in its block
-        best = f"{100 * row['personal_acc_mean']:.2f} $\\pm$ {100 * row['personal_acc_std']:.2f}"
-        assert rf"\textbf{{{best}}}" in tex
-    for _, row in table[table["rank"] > 1].iterrows():
-        other = f"{100 * row['personal_acc_mean']:.2f} $\\pm$ {100 * row['personal_acc_std']:.2f}"
-        if row["personal_acc_mean"] < table[table["partition"] == row["partition"]]["personal_acc_mean"].max():
-            assert rf"\textbf{{{other}}}" not in tex
+        assert rf"\textbf{{{cell(row)}" in tex
+    for _, row in table[table["rank"] == 2].iterrows():  # two algorithms per block: the other is second
+        assert rf"\underline{{{cell(row)}" in tex and rf"\textbf{{{cell(row)}" not in tex
 
     page = _Page()
     page.feed(exported.paths["html"].read_text(encoding="utf-8"))
-    assert ("table", {"id": "leaderboard"}) in page.tags
+    assert ("table", {"id": "T_leaderboard"}) in page.tags
     assert page.rows == len(table)
     assert "Ranked by final personalized accuracy" in page.caption
     images = [a["src"] for t, a in page.tags if t == "img"]
@@ -239,13 +253,24 @@ def test_plots_one_per_partition_and_logged_to_mlflow(store, exported):
                                                        "digits-dirichlet-alpha-0-5-n-10.png"]
     for p in exported.plots:
         img = mpimg.imread(p)
-        assert img.shape[0] > 200 and img.shape[1] > 600 and img.std() > 0.01
+        assert img.shape[0] > 400 and img.shape[1] > 900 and img.std() > 0.01
+        assert p.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+        svg = ET.parse(p.with_suffix(".svg")).getroot()
+        assert svg.tag.endswith("svg") and "CreationDate" not in p.with_suffix(".pdf").read_text("latin-1")
+        texts = "".join(svg.itertext())  # text stays text (svg.fonttype none): the panels are all there
+        for label in ("global-model accuracy", "worst-10% clients", "simulated time", "MB communicated",
+                      "fraction of clients (CDF)"):
+            assert label in texts, label
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lbtest")
-    runs = client.search_runs([exp.experiment_id], "tags.`fedharness.kind` = 'leaderboard'")
+    assert not client.search_runs([exp.experiment_id], "tags.`fedharness.kind` = 'leaderboard'")  # kept apart
+    board = client.get_experiment_by_name("lbtest leaderboards")
+    assert board.tags["fedharness.leaderboard_of"] == "lbtest"
+    assert board.tags["mlflow.experimentKind"] == exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([board.experiment_id], "tags.`fedharness.kind` = 'leaderboard'")
     assert len(runs) == 1
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")}
-    assert logged == {f"plots/{p.name}" for p in exported.plots}
+    assert logged == {f"plots/{p.stem}{s}" for p in exported.plots for s in (".png", ".pdf", ".svg")}
     tables = {a.path for a in client.list_artifacts(runs[0].info.run_id, "leaderboard/final")}
     assert "leaderboard/final/leaderboard.html" in tables
 
@@ -310,3 +335,96 @@ def test_ui_serves_the_store_on_a_free_port(store):
     finally:
         ui.stop(proc)
     assert proc.poll() is not None
+
+
+# ----- statistics in the table, figures, names ------------------------------------------------------
+def _synthetic(acc: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for alg, values in acc.items():
+        for seed, a in enumerate(values):
+            rows.append({"dataset": "d", "partition": "p", "budget": "b", "algorithm": alg, "variant": "",
+                         "label": alg, "seed": seed, "run_id": f"{alg}{seed}", "personal_acc": a,
+                         "best_personal_acc": a, "personal_acc_worst10": a / 2, "time_to_acc": 1.0,
+                         "bytes_total": 10.0})
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparison_with_the_baseline_marks_significant_rows():
+    acc = {"fedavg": [0.50, 0.52, 0.51, 0.49], "big": [0.70, 0.73, 0.71, 0.70], "same": [0.51, 0.50, 0.52, 0.49]}
+    table = lb.aggregate(_synthetic(acc), "final", baseline="fedavg").set_index("algorithm")
+    for alg in ("big", "same"):
+        expected = stats.ttest_rel(acc[alg], acc["fedavg"])
+        assert table.loc[alg, "personal_acc_p"] == pytest.approx(expected.pvalue, rel=1e-12)
+        assert table.loc[alg, "personal_acc_wilcoxon_p"] == pytest.approx(
+            stats.wilcoxon(acc[alg], acc["fedavg"]).pvalue, rel=1e-12)
+        assert table.loc[alg, "personal_acc_diff"] == pytest.approx(np.mean(acc[alg]) - np.mean(acc["fedavg"]))
+    assert math.isnan(table.loc["fedavg", "personal_acc_p"])  # the baseline is not compared with itself
+    view = lb.display_frame(table.reset_index(), "final", 0.8)
+    col = next(c for c in view.shown.columns if c.startswith("Final acc."))
+    cells = dict(zip(view.shown["Algorithm"], view.shown[col], strict=True))
+    assert cells["big"].endswith("†") and not cells["same"].endswith("†") and not cells["fedavg"].endswith("†")
+    assert "Comm. (MB)" in view.shown and set(view.shown["Comm. (MB)"]) == {"0.00"}  # deterministic: no ±
+    cap = lb.caption("e", table.reset_index(), "final", 0.8, None, 0, view.shared)
+    assert "† = differs from fedavg at p < 0.05" in cap and "95% t confidence interval" in cap
+    plain = lb.aggregate(_synthetic(acc), "final")  # no baseline: no comparison, no mark, no claim
+    assert "personal_acc_p" not in plain and "†" not in lb.caption("e", plain, "final", 0.8, None, 0)
+
+
+def test_figure_bands_are_t_intervals_or_min_max():
+    from harness.reports.plots import band
+
+    values = pd.DataFrame({"s0": [0.1, 0.5], "s1": [0.3, 0.5], "s2": [0.2, 0.5]}, index=[1, 2])
+    mean, low, high = band(values, "ci")
+    ci = lb.aggregate(_synthetic({"a": [0.1, 0.3, 0.2]}), "final")["personal_acc_ci"].iloc[0]
+    assert mean[1] == pytest.approx(0.2) and (high[1] - low[1]) / 2 == pytest.approx(ci)
+    assert low[2] == high[2] == pytest.approx(0.5)  # the seeds agree: no band
+    _, low, high = band(values, "minmax")
+    assert (low[1], high[1]) == (0.1, 0.3)
+    with pytest.raises(ValueError, match="unknown band"):
+        band(values, "std")
+
+
+def test_fairness_panel_reads_every_runs_clients_final(store, tmp_path):
+    uri, _ = store
+    data = lb.load_runs(uri, "lbtest", clients=True)
+    assert set(data.clients["run_id"]) == set(data.runs["run_id"])  # one clients_final.csv per counted run
+    assert data.clients.groupby("run_id").size().eq(10).all()  # 10 clients each
+    assert {"global_acc", "personal_acc_worst10", "bytes_total"} <= set(data.curves.columns)
+    assert data.curves.groupby("run_id")["bytes_total"].apply(lambda b: b.is_monotonic_increasing).all()
+    fedavg = data.runs.loc[data.runs["algorithm"] == "fedavg", "run_id"]
+    assert (data.curves[data.curves["run_id"].isin(fedavg)]["bytes_total"] > 0).all()  # Local sends nothing
+
+
+def test_runs_get_readable_names_and_experiments_open_on_the_runs_table(store):
+    uri, _ = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lbtest")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+    assert "fedavg · s0 · digits · dirichlet(alpha=0.1)" in names and len(names) == 8
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (install with `apt-get install -y chromium`)")
+def test_mlflow_ui_lands_on_the_runs_table_in_headless_chromium(store, tmp_path):
+    """`fedharness ui`'s address opens MLflow 3's training view: the experiment's runs, by their readable names
+    (without workflowType the UI shows its GenAI overview: "No data available")."""
+    from harness.cli import ui
+
+    uri, _ = store
+    exp = MlflowClient(uri).get_experiment_by_name("lbtest")
+    proc, url = ui.start(uri, ui.free_port())
+    try:
+        assert ui.wait_until_up(url, proc, timeout=90)
+        page = ui.landing_page(url).replace("/#/?", f"/#/experiments/{exp.experiment_id}?")
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path}/profile", "--virtual-time-budget=20000"]
+        dom = subprocess.run([*cmd, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+        assert "fedavg · s0 · digits" in dom and "local · s1 · digits" in dom and "No data available" not in dom
+        shot = tmp_path / "ui.png"
+        subprocess.run([*cmd, "--window-size=1400,900", f"--screenshot={shot}", page], capture_output=True,
+                       timeout=120, check=True)
+        import matplotlib.image as mpimg
+
+        assert mpimg.imread(shot).std() > 0.05  # a rendered page, not a blank one
+    finally:
+        ui.stop(proc)

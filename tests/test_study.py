@@ -64,7 +64,8 @@ def test_grid_times_cells_expand_in_order_and_set_experiment(tmp_path):
     assert tags["fedharness.study"] == "t"
     assert tags["fedharness.cell.partition.alpha"] == "0.1"
     assert tags["fedharness.cell.algorithm.name"] == "fedavg"
-    assert tags["mlflow.runName"] == "alpha=0.1, algorithm=fedavg, seed=0"
+    assert tags["mlflow.runName"] == "fedavg · s0 · digits · dirichlet(alpha=0.1)"
+    assert tags["fedharness.cell"] == "alpha=0.1, algorithm=fedavg, seed=0"
 
 
 def test_base_path_is_relative_to_the_study_file_and_demo_expands():

@@ -41,6 +41,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def landing_page(url: str) -> str:
+    """The address to open: MLflow 3's UI starts in its GenAI view (traces; "No data available" for training
+    runs) unless told otherwise; workflowType=machine_learning opens the experiments' runs tables."""
+    return f"{url}/#/?workflowType=machine_learning"
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fedharness: the MLflow server did not come up on {url} (port taken? try --port)", file=sys.stderr)
             stop(proc)
             return 1
-        print(f"MLflow UI for {uri}: {url}  (Ctrl-C to stop)", flush=True)
+        print(f"MLflow UI for {uri}: {landing_page(url)}  (Ctrl-C to stop)", flush=True)
         proc.wait()
     except KeyboardInterrupt:
         pass

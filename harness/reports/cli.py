@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.8, help="accuracy target of tta, in [0, 1] (default 0.8)")
     p.add_argument("--out", help="export folder (default exports/<experiment>, the name made a safe folder name)")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of md,csv,tex,html")
+    p.add_argument("--baseline", default="fedavg",
+                   help="compare every row with this algorithm of its block, paired over seeds (t-test, Wilcoxon, "
+                        "d_z; † marks p < 0.05); 'none' turns it off (default fedavg, where present)")
+    p.add_argument("--band", default="ci", choices=["ci", "minmax"],
+                   help="figure bands: 95%% t confidence interval of the mean over seeds (default) or min-max")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-log", action="store_true", help="do not log the export to MLflow")
     return p
@@ -47,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or str(Path("exports") / safe_name(args.experiment))  # a name never leaves exports/
     result = export(args.tracking_uri, args.experiment, out, metric=args.metric, target=args.target,
-                    study=args.study, formats=formats, plots=not args.no_plots, log_to_mlflow=not args.no_log)
+                    study=args.study, formats=formats, plots=not args.no_plots, log_to_mlflow=not args.no_log,
+                    baseline=None if args.baseline.lower() == "none" else args.baseline, band=args.band)
     print(result.markdown)
     for kind, path in result.paths.items():
         print(f"{kind:>8}: {path}", file=sys.stderr)
     for path in result.plots:
-        print(f"    plot: {path}", file=sys.stderr)
+        print(f"    plot: {path} (and .pdf, .svg)", file=sys.stderr)
     return 0
 
 

@@ -35,14 +35,22 @@ NEUTRAL_PARAMS = ("name", "seed", "checkpoint_dir", "checkpoint_every", "keep_ch
 NEUTRAL_PREFIXES = ("workers.", "tracking.", "store.")
 
 
+#: per-round series a leaderboard's figures draw (bytes_total = bytes_up_total + bytes_down_total)
+CURVE_KEYS = ("personal_acc", "global_acc", "personal_acc_worst10", "sim_time")
+CURVE_COLUMNS = ["run_id", "step", *CURVE_KEYS, "bytes_total"]
+
+
 @dataclass
 class RunData:
     runs: pd.DataFrame     # one row per counted run
-    curves: pd.DataFrame   # run_id, step, personal_acc, sim_time
+    curves: pd.DataFrame   # CURVE_COLUMNS
     dropped: int = 0       # older duplicates of (group, seed)
+    clients: pd.DataFrame | None = None  # run_id, client, personal_acc, ...: each run's clients_final.csv
 
 
-def load_runs(tracking_uri: str | None, experiment: str, study: str | None = None, target: float = 0.8) -> RunData:
+def load_runs(tracking_uri: str | None, experiment: str, study: str | None = None, target: float = 0.8,
+              clients: bool = False) -> RunData:
+    """`clients=True` also reads each counted run's clients_final.csv artifact (the fairness figure)."""
     from harness.tracking import mlflow_client
     from harness.tracking import tracking_uri as resolve
 
@@ -67,8 +75,13 @@ def load_runs(tracking_uri: str | None, experiment: str, study: str | None = Non
         if "fedharness.config_hash" not in tags or "personal_acc" not in metrics:
             continue
         acc = _history(client, run.info.run_id, "personal_acc")
-        clock = _history(client, run.info.run_id, "sim_time")
-        curve = acc.rename("personal_acc").to_frame().join(clock.rename("sim_time"), how="left")
+        series = {k: acc if k == "personal_acc" else _history(client, run.info.run_id, k) for k in CURVE_KEYS}
+        series["bytes_total"] = _history(client, run.info.run_id, "bytes_up_total").add(
+            _history(client, run.info.run_id, "bytes_down_total"), fill_value=0.0)
+        curve = acc.rename("personal_acc").to_frame()
+        for key, values in series.items():
+            if key != "personal_acc":
+                curve = curve.join(values.rename(key), how="left")
         curve = curve.reset_index().rename(columns={"index": "step"})
         curve.insert(0, "run_id", run.info.run_id)
         curve_frames.append(curve)
@@ -96,8 +109,7 @@ def load_runs(tracking_uri: str | None, experiment: str, study: str | None = Non
             "bytes_total": float(metrics.get("bytes_up_total", math.nan) + metrics.get("bytes_down_total", math.nan)),
         })
     runs = pd.DataFrame(records)
-    curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else \
-        pd.DataFrame(columns=["run_id", "step", "personal_acc", "sim_time"])
+    curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=CURVE_COLUMNS)
     if runs.empty:
         return RunData(runs, curves)
     runs = _label_variants(runs)
@@ -105,7 +117,27 @@ def load_runs(tracking_uri: str | None, experiment: str, study: str | None = Non
     runs = runs.sort_values("end_time").drop_duplicates(["variant_key", "seed"], keep="last")
     runs = runs.sort_values([*GROUP, "seed"]).reset_index(drop=True)
     curves = curves[curves["run_id"].isin(runs["run_id"])].reset_index(drop=True)
-    return RunData(runs, curves, before - len(runs))
+    per_client = _clients_final(client, runs["run_id"]) if clients else None
+    return RunData(runs, curves, before - len(runs), per_client)
+
+
+def _clients_final(client, run_ids) -> pd.DataFrame:
+    """Each run's final per-client results (clients_final.csv); runs without the artifact are left out."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run would flood stderr
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            try:
+                path = client.download_artifacts(run_id, "clients_final.csv", tmp)
+            except Exception:  # noqa: BLE001 - an older run without the artifact: no fairness data for it
+                continue
+            frame = pd.read_csv(path)
+            frame.insert(0, "run_id", run_id)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "personal_acc"])
 
 
 def _history(client, run_id: str, key: str) -> pd.Series:

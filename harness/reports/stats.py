@@ -128,16 +128,15 @@ def cd_groups(test: RankTest) -> list[tuple[int, int]]:
 def plot_cd_diagram(test: RankTest, path, title: str = "") -> list:
     """The critical-difference diagram (Demšar 2006): average ranks on an axis, a bar joining algorithms
     whose ranks are not significantly different (Nemenyi). Writes `path` as PDF and PNG (and SVG); greyscale."""
-    from pathlib import Path
-
-    from matplotlib.figure import Figure
+    from harness.figure_style import new_figure, save_figure
 
     order = np.argsort(test.average_ranks)
     names = [test.algorithms[i] for i in order]
     ranks = [test.average_ranks[i] for i in order]
     k = len(names)
-    fig = Figure(figsize=(7.0, 1.2 + 0.28 * k))
+    fig = new_figure(7.0, 1.2 + 0.28 * k)
     ax = fig.add_subplot()
+    ax.grid(False)
     ax.set_xlim(1 - 0.3, k + 0.3)
     ax.set_ylim(0, 1)
     ax.invert_xaxis()
@@ -162,10 +161,4 @@ def plot_cd_diagram(test: RankTest, path, title: str = "") -> list:
     ax.set_title(title or f"Friedman p = {test.friedman_p:.3g}, {test.blocks} cells, Nemenyi alpha = {test.alpha}",
                  fontsize=9, pad=28)
     fig.tight_layout()
-    out = []
-    base = Path(path).with_suffix("")
-    for suffix in (".pdf", ".png", ".svg"):
-        target = base.with_suffix(suffix)
-        fig.savefig(target, dpi=150, bbox_inches="tight")
-        out.append(target)
-    return out
+    return save_figure(fig, path, formats=(".pdf", ".png", ".svg"))

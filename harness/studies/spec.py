@@ -20,7 +20,8 @@ Why expansion is its own step, with no MLflow and no engine in sight:
   checkpoint paths excluded); two cells with one hash are refused, since they would be one run.
   harness.studies.state matches cells to MLflow runs by that hash.
 - The run name is set through the `mlflow.runName` tag (Study.tags), not `RunConfig.name`, so
-  the hash of a cell does not depend on the study's name.
+  the hash of a cell does not depend on the study's name; it names the algorithm (or the cell's
+  `name`), data set, partition and seed, then the cell's other values.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ class Cell:
         return ", ".join(f"{_short_key(k)}={_text(v)}" for k, v in self.values.items()) or "base"
 
     @property
+    def run_name(self) -> str:
+        """What MLflow lists the cell's run as: its name value (or algorithm), data set, partition, seed, and the
+        cell's other values (harness.tracking.run_name)."""
+        from harness.tracking import run_name
+
+        shown = ("name", "algorithm.name", "seed", "data.source")
+        extra = ", ".join(f"{_short_key(k)}={_text(v)}" for k, v in self.values.items()
+                          if k not in shown and not k.startswith("partition."))
+        what = str(self.values["name"]) if "name" in self.values else None
+        return run_name(self.config, what, extra)
+
+    @property
     def cpus(self) -> float:
         """CPUs its worker actors reserve in the Ray cluster (0 with in-process workers)."""
         w = self.config.workers
@@ -95,7 +108,7 @@ class Study:
 
     def tags(self, cell: Cell) -> dict[str, str]:
         """MLflow tags of a cell's run: the study, the cell's label (as run name) and one tag per value."""
-        tags = {STUDY_TAG: self.name, "fedharness.cell": cell.label, "mlflow.runName": cell.label}
+        tags = {STUDY_TAG: self.name, "fedharness.cell": cell.label, "mlflow.runName": cell.run_name}
         tags |= {f"{CELL_TAG_PREFIX}{k}": _text(v) for k, v in cell.values.items()}
         return tags
 
