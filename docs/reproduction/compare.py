@@ -4,7 +4,8 @@
         --tracking-uri sqlite:///mlruns/mlflow.db --out docs/reproduction/cifar10_dir0.1
 
 Reads every cell of the study from MLflow (finished or still running: what has been logged so far),
-and the authors' figures from ../shared/reference/fedobp_logged/. Writes into --out:
+completed by the history CSVs already in --out for cells this store lacks or has fewer rounds of (runs of
+earlier sessions), and the authors' figures from ../shared/reference/fedobp_logged/. Writes into --out:
 - history/<algorithm>.csv   our per-round history (all logged metrics)
 - comparison.csv            algorithm,round,ours,logged,diff: all-client accuracy (%) at every
                             evaluated round both sides have
@@ -55,6 +56,18 @@ def load_ours(uri: str, experiment: str) -> dict[str, dict]:
         if previous is None or len(frame) > len(previous["history"]):
             out[name] = {"history": frame, "status": run.info.status, "run_id": run.info.run_id}
     return out
+
+
+def merge_committed(ours: dict[str, dict], history_dir: Path) -> dict[str, dict]:
+    """Runs of earlier sessions, from the committed history/<name>.csv, where this store has no run of that cell
+    or a shorter one: a session's MLflow store ends with it, the committed histories do not."""
+    merged = dict(ours)
+    for path in sorted(history_dir.glob("*.csv")):
+        frame = pd.read_csv(path, index_col="round")
+        mine = merged.get(path.stem)
+        if mine is None or len(frame) > len(mine["history"]):
+            merged[path.stem] = {"history": frame, "status": "earlier session (history CSV)", "run_id": ""}
+    return merged
 
 
 def load_logged(alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     alpha = float(cfg.partition.alpha)
     out = Path(args.out)
     (out / "history").mkdir(parents=True, exist_ok=True)
-    ours = load_ours(args.tracking_uri, study.experiment)
+    ours = merge_committed(load_ours(args.tracking_uri, study.experiment), out / "history")
     curves, evals = load_logged(alpha)
     for name, run in ours.items():
         run["history"].to_csv(out / "history" / f"{name}.csv")
@@ -202,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     status = pd.DataFrame({"rounds": {n: int(r["history"].index.max()) for n, r in ours.items()},
                            "status": {n: r["status"] for n, r in ours.items()},
                            "wall_s": {n: round(walls.get(n, np.nan)) for n in ours}})
-    lines += ["Runs (status RUNNING = paused at the --until-round of the last session, resumable):", "",
+    lines += ["Runs (status RUNNING = paused at --until-round, resumable while its session's store exists; "
+              "'earlier session' = read from the committed history CSV):", "",
               status.to_markdown(), ""]
     (out / "table.md").write_text("\n".join(lines))
     plot(ours, curves, evals, out / "comparison", f"{study.name}: ours vs logged")
