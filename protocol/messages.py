@@ -50,6 +50,9 @@ class ClientEval:
     global_loss: float
     ft_correct: float = float("nan")  # personalized model after eval_finetune_epochs of fine-tuning
     ft_loss: float = float("nan")
+    val_n: int = 0  # the personalized model on the client's validation split (partition.val_fraction > 0)
+    val_correct: float = float("nan")
+    val_loss: float = float("nan")
 
 
 @dataclass(frozen=True)

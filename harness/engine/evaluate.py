@@ -5,6 +5,8 @@ personal_acc_mean     unweighted mean of per-client accuracies
 personal_acc_worst10  mean accuracy of the worst 10% of clients (at least one client)
 global_acc(_mean)     the same for the global model (NaN for algorithms without one: Local, FedPer, ...)
 personal_ft_acc(...)  the personalized model after eval_finetune_epochs of fine-tuning (only when on)
+personal_val_acc      the personalized model on the clients' validation splits (partition.val_fraction > 0):
+                      what selection (the leaderboard's "best" round, tuning) reads instead of test data
 *_loss                sample-weighted mean cross-entropy
 unseen_* / seen_*     the same restricted to clients that never / do train (when some are unseen)
 """
@@ -36,16 +38,21 @@ def per_client_frame(evals: list[ClientEval]) -> pd.DataFrame:
     df["personal_ft_acc"] = df["personal_ft_correct"] / n
     if df["personal_ft_correct"].isna().all():  # fine-tune evaluation off: no columns for it
         df = df.drop(columns=["personal_ft_correct", "personal_ft_loss_sum", "personal_ft_acc"])
+    if any(e.val_n for e in rows):  # partition.val_fraction > 0: the personalized model on validation data
+        df["val_samples"] = [e.val_n for e in rows]
+        df["personal_val_correct"] = [e.val_correct for e in rows]
+        df["personal_val_loss_sum"] = [e.val_loss for e in rows]
+        df["personal_val_acc"] = df["personal_val_correct"] / df["val_samples"].clip(lower=1)
     return df
 
 
 def summarize(df: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    out = _validation(df, prefix)
     df = df[df["test_samples"] > 0]
     if df.empty:
-        return {}
+        return out
     total = float(df["test_samples"].sum())
     k = max(1, int(np.ceil(0.1 * len(df))))
-    out = {}
     for who in ("personal", "global", "personal_ft"):
         if f"{who}_acc" not in df:
             continue
@@ -79,3 +86,15 @@ def evaluate_all(rnd: int, *, data, store, pending: dict, global_vec: np.ndarray
         batches = [[ClientJob(c, rnd, {"model": global_vec}, states[c]) for c in chunk] for chunk in batch_group]
         evals.extend(e for part in executor.map("evaluate", batches) for e in part)
     return evaluation_metrics(evals, unseen)
+
+
+def _validation(df: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """personal_val_acc / _loss: pooled over the clients' validation splits; what model selection may read."""
+    if "val_samples" not in df:
+        return {}
+    df = df[df["val_samples"] > 0]
+    total = float(df["val_samples"].sum())
+    if not total:
+        return {}
+    return {f"{prefix}personal_val_acc": float(df["personal_val_correct"].sum()) / total,
+            f"{prefix}personal_val_loss": float(df["personal_val_loss_sum"].sum()) / total}

@@ -107,13 +107,16 @@ class Worker:
         return correct, n
 
     def evaluate(self, jobs: list[ClientJob]) -> list[ClientEval]:
-        """Personalized and global metrics on each client's test split. The global model is
-        job.payload['model']; evaluation never counts against a compute budget."""
+        """Personalized and global metrics on each client's test split (and the personalized model on its
+        validation split, where it has one). The global model is job.payload['model']; evaluation never
+        counts against a compute budget."""
         out = []
         for job in jobs:
             self.trainer.start(job)
             personal = self.algo.eval_vector(job, self.trainer)
             correct, loss, n = self.trainer.evaluate(personal, job.cid)
+            val = self.trainer.evaluate(None, job.cid, split="val") if len(self.data.split_of(job.cid, "val")) \
+                else (float("nan"), float("nan"), 0)  # the personalized model is still loaded
             if not self.algo.has_global_model:
                 g_correct, g_loss = float("nan"), float("nan")
             elif self.algo.personal_is_global():  # FedAvg-like: the personalized model is the global one
@@ -122,7 +125,8 @@ class Worker:
                 g_correct, g_loss, _ = self.trainer.evaluate(job.payload["model"], job.cid)
             ft_correct, ft_loss = self._finetuned(job, personal) if self.cfg.eval_finetune_epochs else (
                 float("nan"), float("nan"))
-            out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss, ft_correct, ft_loss))
+            out.append(ClientEval(job.cid, n, correct, loss, g_correct, g_loss, ft_correct, ft_loss,
+                                  val_n=val[2], val_correct=val[0], val_loss=val[1]))
         return out
 
     def _finetuned(self, job: ClientJob, personal: np.ndarray) -> tuple[float, float]:

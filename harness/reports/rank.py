@@ -43,8 +43,10 @@ def metric_defs(target: float) -> dict[str, MetricDef]:
         "final": MetricDef("personal_acc", "Final acc. (%)", "final personalized accuracy: personal_acc "
                            "(total correct / total test samples, each client with its own model) at the last "
                            "evaluated round", True, "acc"),
-        "best": MetricDef("best_personal_acc", "Best acc. (%)", "best personalized accuracy: max of personal_acc "
-                          "over evaluated rounds", True, "acc"),
+        "best": MetricDef("best_personal_acc", "Best acc. (%)", "best personalized accuracy: personal_acc at the "
+                          "evaluated round with the highest validation accuracy (personal_val_acc) where runs have "
+                          "a validation split (partition.val_fraction), else the max of personal_acc over evaluated "
+                          "rounds (chosen on test data: optimistic)", True, "acc"),
         "worst10": MetricDef("personal_acc_worst10", "Worst-10% acc. (%)", "worst-10% accuracy: mean "
                              "personalized accuracy of the worst 10% of clients at the last evaluated round",
                              True, "acc"),
