@@ -36,7 +36,9 @@ fit there, its later updates make that cluster stationary overall but not for al
 separates it. The paper's routing of late-joining clients down its parameter tree (a new client's update compared
 with the cached updates at every split) is not implemented.
 
-Checked against the authors' code (felisat/clustered-federated-learning: fl_devices.py, the notebook) and FL-bench
+The paper's full text was not among the sources searchable offline here: the rules above are the paper's as
+recalled (the gamma_max check of its Algorithm 3 most uncertain, hence off by default); the defaults were checked
+in code: the authors' (felisat/clustered-federated-learning: fl_devices.py, the notebook) and FL-bench's
 (src/server/cfl.py). Defaults: eps_1 0.4, eps_2 1.6, splits from the 21st round on (start_round 20: the authors'
 `c_round > 20`, 1-based; FL-bench `start_clustering_round` 20, 0-based), a cluster is split only with more than 2
 clients (authors `len(idc) > 2`, FL-bench `min_cluster_size` 2); the paper states the criterion and leaves the
@@ -155,8 +157,7 @@ def weighted_mean(models: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 @register
 class CFL(Algorithm):
-    """CFL: FedAvg per cluster; a cluster whose mean update is small but some client's large is bi-partitioned by
-    the cosine similarity of its clients' updates."""
+    """CFL: FedAvg per cluster; a stationary cluster with divergent clients is bi-partitioned by update cosines."""
 
     name = "cfl"
     Params = CFLParams
