@@ -24,8 +24,9 @@ statistics) have no gradient: they are averaged with ζ = 1.
 
 What is personal / shared: nothing is personal (the personalized model is the global model, as FedAvg's); the
 full model is shared. Per client the store keeps Ω_i (one float32 per trainable element, `omega`), continued from
-the client's previous participation (the moving average is online over all the steps the client ever took). The
-server keeps nothing across rounds beyond the global model. Bytes up count the model and Ω_i (about 2x FedAvg's).
+the client's previous participation (the moving average is online over all the steps the client ever took); it is
+as large as the model, so use the disk store for many clients. The server keeps nothing across rounds beyond
+the global model. Bytes up count the model and Ω_i (about 2x FedAvg's).
 
 Sources checked: the paper's abstract and method description (sensitivity as "how much the overall prediction
 function output changes when each parameter is changed", measured "in an unsupervised and online manner": the
@@ -34,10 +35,13 @@ retrievable in this session, so the defaults come from FL-bench (KarhouTam/FL-be
 src/client/elastic.py): τ = 0.5, μ = 0.95. No authors' code was found. Differences:
 - FL-bench measures one sensitivity per tensor (the squared norm of the loss gradient, with labels), on a 30 %
   slice of the training set held out from training (`sample_ratio` 0.3), at the received global model before
-  training; here it is per element, during training on the training batches, and by default the output measure
-  of the paper (`signal=loss` gives FL-bench's gradient, still per element, on all the data);
+  training (one FL-bench version keeps each client's value across rounds, a later one restarts the average every
+  round; one takes the norm of the gradient's first row only); here it is per element, during training on the
+  training batches, continued across rounds, and by default the output measure of the paper (`signal=loss` gives
+  the loss gradient, still per element, on all the data);
 - FL-bench divides the averaged sensitivity by the element-wise maximum over the round's clients (`max_over=
-  clients`); the default here is the paper's max(Ω);
+  clients`); the default here reads the paper's max(Ω) as the largest element of the averaged Ω (a reading: the
+  full text, which would settle it, was not available);
 - the moving average is not bias-corrected: a client with few local steps uploads a smaller Ω_i (1 - μ^K of its
   level), as in FL-bench; the ratio Ω / max(Ω) is scale-free, so only the mix across clients feels it;
 - the extra backward pass of `signal=output` is not counted on the virtual clock (one batch = one step).
