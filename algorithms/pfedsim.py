@@ -25,10 +25,10 @@ model a client new to the personalization phase starts from).
 
 Server memory: the pool holds the last full model of every client that has trained since the warm-up ended: N_seen
 x d float32 (N_seen <= N; all N heads and bodies once every client has trained), checkpointed through server_state.
-For the 26,250-parameter digits MLP that is ~105 MB per 1,000 clients (~1.05 GB for 10,000); the bodies are what
-the aggregation needs, the heads (C x hidden each) what the similarities need. FL-bench additionally holds an N x N
-similarity matrix (400 MB at 10,000 clients in float32); here s_ij is recomputed from the pooled heads at dispatch
-(O(N_seen C h) per dispatched client) and no matrix is stored.
+For the 17,330-parameter digits MLP (hidden 32) that is ~69 MB per 1,000 clients (~0.7 GB for 10,000); the bodies
+are what the aggregation needs, the heads (C x hidden each) what the similarities need. FL-bench additionally holds
+an N x N similarity matrix (400 MB at 10,000 clients in float32); here s_ij is recomputed from the pooled heads at
+dispatch (O(N_seen C h) per dispatched client) and no matrix is stored.
 
 Sources: the paper's abstract and summaries (decoupling, classifier similarity, generalization then personalization
 phase; the method section itself was not available to me), and FL-bench's src/server/pfedsim.py (maintained by the
