@@ -31,10 +31,11 @@ an N x N similarity matrix (400 MB at 10,000 clients in float32); here s_ij is r
 dispatch (O(N_seen C h) per dispatched client) and no matrix is stored.
 
 Sources: the paper's abstract and summaries (decoupling, classifier similarity, generalization then personalization
-phase; the method section itself was not available to me), and FL-bench's src/server/pfedsim.py (maintained by the
-first author, Jiahao Tan = KarhouTam), whose formulas are the ones above: mean row-wise cosine of classifier.weight
-clipped at 0, weights -log(1 - s) normalised, self similarity 0.9999, warmup_round 0.5 of the rounds, aggregation of
-every non-classifier tensor, evaluation of the stored personal model. Differences, and why:
+phase; the method section itself was not available to me), and FL-bench's src/server/pfedsim.py (maintained by
+KarhouTam, to my knowledge the first author Jiahao Tan; not verified), whose formulas are the ones above: mean
+row-wise cosine of classifier.weight clipped at 0, weights -log(1 - s) normalised, self similarity 0.9999,
+warmup_round 0.5 of the rounds, aggregation of every non-classifier tensor, evaluation of the stored personal model.
+Differences, and why:
 - FL-bench updates s_ij only for pairs sampled in the same round (from their just-trained classifiers) and keeps it
   in an N x N matrix; here s_ij comes from the last classifiers the server holds, whenever they were trained. With
   full participation the two are identical; with partial participation a client here also aggregates with clients
@@ -107,7 +108,7 @@ class PFedSim(Algorithm):
     Params = PFedSimParams
     needs_split = True
     source = ("Tan et al. 2023 (classifier-similarity body aggregation after a FedAvg warm-up); -log(1 - s) weights, "
-              "self 0.9999, warm-up 0.5 x 100 = 50 rounds from FL-bench's pfedsim.py (first author's code)")
+              "self 0.9999, warm-up 0.5 x 100 = 50 rounds from FL-bench's pfedsim.py")
 
     def __init__(self, params: PFedSimParams, ctx):
         super().__init__(params, ctx)
