@@ -73,6 +73,7 @@ def _eight_runs(tmp_path: Path, uri: str, experiment: str) -> None:
     print(f"8 concurrent runs: {wall:.1f} s")
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_eight_runs_at_once_on_a_fresh_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # neither the folder nor the database exists yet
     _eight_runs(tmp_path, uri, "conc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 import ray
 
 from harness.engine import run
@@ -13,6 +14,7 @@ from partitions import build_federated_dataset
 from tests.conftest import metrics_history, small_config
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_reused_actors_give_the_numbers_of_fresh_actors(tmp_path, ray_session):
     cache = ActorCache()
     seen_actors = []

@@ -73,6 +73,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, backend):
     assert [m.step for m in client.get_metric_history(first.run_id, "personal_acc")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_driver_killed_by_sigkill_resumes_to_the_same_numbers(tmp_path):
     spec = tmp_path / "spec.yaml"
     ckpt = tmp_path / "ckpt"

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from harness.engine import run
 from tests.conftest import ROOT, small_config
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_two_node_cluster_run_matches_single_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "tests.multinode_run"], cwd=ROOT, env=env, capture_output=True,

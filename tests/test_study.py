@@ -220,6 +220,7 @@ def _kill_spec(tmp_path: Path) -> Path:
     return spec
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_hard_killed_study_reruns_only_missing_cells_and_resumes_the_cut_one(tmp_path):
     from harness.engine import run
 
@@ -254,6 +255,7 @@ def test_hard_killed_study_reruns_only_missing_cells_and_resumes_the_cut_one(tmp
     assert resumed.data.metrics["sim_time"] == reference.final["sim_time"]
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_ctrl_c_keeps_finished_runs_and_rerun_can_start_the_cut_cell_afresh(tmp_path):
     uri, extra = _paths(tmp_path)
     spec = _kill_spec(tmp_path)
@@ -289,6 +291,7 @@ def _reference(cell: Cell, tmp_path: Path) -> dict[str, float]:
     return run(cfg, progress=False).final
 
 
+@pytest.mark.slow  # a real multi-process scenario (~30-100 s): CI runs it after the default suite
 def test_ray_study_sequential_and_parallel_match_in_process_runs(tmp_path, ray_session):
     uri, extra = _paths(tmp_path)
     spec = _spec(grid={"seed": [0, 1]})
