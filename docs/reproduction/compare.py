@@ -51,6 +51,8 @@ def load_ours(uri: str, experiment: str) -> dict[str, dict]:
         keys = [k for k in run.data.metrics if not k.startswith("best_")]
         series = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
         frame = pd.DataFrame(series).sort_index()
+        if frame.empty:  # started, no round logged yet
+            continue
         frame.index.name = "round"
         previous = out.get(name)
         if previous is None or len(frame) > len(previous["history"]):
@@ -65,6 +67,8 @@ def merge_committed(ours: dict[str, dict], history_dir: Path) -> dict[str, dict]
     for path in sorted(history_dir.glob("*.csv")):
         frame = pd.read_csv(path, index_col="round")
         mine = merged.get(path.stem)
+        if frame.empty:
+            continue
         if mine is None or len(frame) > len(mine["history"]):
             merged[path.stem] = {"history": frame, "status": "earlier session (history CSV)", "run_id": ""}
     return merged
