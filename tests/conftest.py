@@ -85,3 +85,37 @@ def metrics_history(result, drop: tuple[str, ...] = ("wall_round_time",)) -> lis
     """A run's per-round metrics in a form `==` can compare: wall-clock times dropped and NaN
     (global_* of an algorithm without a global model) replaced by None, since NaN != NaN."""
     return [{k: (None if v != v else v) for k, v in h.items() if k not in drop} for h in result.history]
+
+
+@pytest.fixture(scope="module")
+def actors(ray_session):
+    """An executor factory whose Ray actors are reused by every run of the module (reconfigured, not restarted)."""
+    from harness.engine.executor import ActorCache, make_executor
+
+    cache = ActorCache()
+    yield lambda cfg, data: make_executor(cfg, data, cache=cache)
+    cache.clear()
+
+
+def runs_everywhere(tmp_path, *overrides: str, actors, one_worker: bool = True) -> dict:
+    """The same small run in-process, on Ray, with the disk store (under tmp_path/store), with one worker, and
+    stopped after round 2 then resumed; asserts that all give identical metrics and global vectors."""
+    import numpy as np
+
+    from harness.engine import resume, run
+
+    out = {"local": run(small_config(tmp_path / "local", *overrides), progress=False),
+           "ray": run(small_config(tmp_path / "ray", *overrides, "workers.use_ray=true"), progress=False,
+                      executor_factory=actors),
+           "disk": run(small_config(tmp_path / "disk", *overrides, "store.backend=disk",
+                                    f"store.path={tmp_path}/store"), progress=False)}
+    if one_worker:
+        out["one"] = run(small_config(tmp_path / "one", *overrides, "workers.num_workers=1"), progress=False)
+    cut = small_config(tmp_path / "cut", *overrides)
+    first = run(cut, progress=False, stop_after=2)
+    out["resumed"] = resume(first.run_id, cut.checkpoint_dir, progress=False)
+    history = metrics_history(out["local"])
+    for name, other in out.items():
+        assert metrics_history(other) == history, name
+        assert np.array_equal(other.global_vec, out["local"].global_vec), name
+    return out

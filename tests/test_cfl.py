@@ -14,13 +14,12 @@ import torch
 from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.cfl import CFL, CFLParams, ClusterCopies, cosine_matrix, optimal_bipartition, update_norms
-from harness.engine import resume, run
-from harness.engine.executor import ActorCache, make_executor
+from harness.engine import run
 from harness.engine.training import LocalTrainer
 from harness.models import build_model
 from partitions import build_federated_dataset
 from protocol.params import ParamSpec, model_to_vector
-from tests.conftest import metrics_history, small_config
+from tests.conftest import metrics_history, runs_everywhere, small_config
 
 
 def test_registered_with_documented_defaults():
@@ -201,29 +200,12 @@ def test_before_any_split_the_cluster_model_is_fedavg_bit_for_bit(tmp_path):
     assert all(h["cfl_clusters"] == 1 for h in cfl.history)
 
 
-@pytest.fixture(scope="module")
-def actors(ray_session):
-    cache = ActorCache()
-    yield lambda cfg, data: make_executor(cfg, data, cache=cache)
-    cache.clear()
-
-
 def test_end_to_end_identical_in_process_on_ray_with_disk_store_and_after_resume(tmp_path, actors):
     # splits from round 2 on (eps_1 large, eps_2 0): the resumed run must restore the cluster count
     common = ("algorithm.name=cfl", "rounds=3", "train.lr=0.1", "algorithm.start_round=1", "algorithm.eps_1=10",
               "algorithm.eps_2=0", "algorithm.max_clusters=4")
-    local = run(small_config(tmp_path / "local", *common), progress=False)
-    on_ray = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False,
-                 executor_factory=actors)
-    disk = run(small_config(tmp_path / "disk", *common, "store.backend=disk", f"store.path={tmp_path}/store"),
-               progress=False)
-    cut = small_config(tmp_path / "cut", *common)
-    first = run(cut, progress=False, stop_after=2)
-    resumed = resume(first.run_id, cut.checkpoint_dir, progress=False)
-    history = metrics_history(local)
-    assert history == metrics_history(on_ray) == metrics_history(disk) == metrics_history(resumed)
-    for other in (on_ray, disk, resumed):
-        np.testing.assert_array_equal(local.global_vec, other.global_vec)
+    out = runs_everywhere(tmp_path, *common, actors=actors, one_worker=False)
+    local, history = out["local"], metrics_history(out["local"])
     assert {p.name.split(".", 1)[1] for p in (tmp_path / "store").rglob("*.npy")} == {"cluster.npy"}
     assert [h["cfl_clusters"] for h in history] == [1, 2, 3] and history[-1]["cfl_splits"] == 1
     assert np.isfinite(local.global_vec).all() and local.final["personal_acc"] > 0.1

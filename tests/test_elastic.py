@@ -19,14 +19,12 @@ from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.elastic import Elastic, ElasticParams, elastic_coefficients
 from algorithms.fedopt import FedAvgM, FedAvgMParams
-from harness.engine import resume, run
-from harness.engine.executor import ActorCache, make_executor
 from harness.engine.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.rng import rng
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, small_config
+from tests.conftest import metrics_history, runs_everywhere, small_config
 
 
 def tiny(**params) -> Elastic:
@@ -139,29 +137,10 @@ def test_client_sensitivity_is_the_momentum_average_of_gradient_magnitudes(tmp_p
 
 
 # ----- end to end ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def actors(ray_session):
-    cache = ActorCache()
-    yield lambda cfg, data: make_executor(cfg, data, cache=cache)
-    cache.clear()
-
-
 def test_end_to_end_identical_in_process_on_ray_with_disk_store_and_after_resume(tmp_path, actors):
-    common = ("algorithm.name=elastic", "rounds=3", "train.lr=0.1")
-    local = run(small_config(tmp_path / "local", *common), progress=False)
-    on_ray = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False,
-                 executor_factory=actors)
-    disk = run(small_config(tmp_path / "disk", *common, "store.backend=disk", f"store.path={tmp_path}/store"),
-               progress=False)
-    one = run(small_config(tmp_path / "one", *common, "workers.num_workers=1"), progress=False)
-    cut = small_config(tmp_path / "cut", *common)
-    first = run(cut, progress=False, stop_after=2)
-    resumed = resume(first.run_id, cut.checkpoint_dir, progress=False)
+    local = runs_everywhere(tmp_path, "algorithm.name=elastic", "rounds=3", "train.lr=0.1",
+                            actors=actors)["local"]
     history = metrics_history(local)
-    assert history == metrics_history(on_ray) == metrics_history(disk) == metrics_history(one) \
-        == metrics_history(resumed)
-    for other in (on_ray, disk, one, resumed):
-        np.testing.assert_array_equal(local.global_vec, other.global_vec)
     assert {p.name.split(".", 1)[1] for p in (tmp_path / "store").rglob("*.npy")} == {"omega.npy"}
     assert np.isfinite(local.global_vec).all() and local.final["personal_acc"] > 0.1
     for h in history:

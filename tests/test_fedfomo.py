@@ -15,15 +15,14 @@ import torch.nn.functional as F
 from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.fedfomo import FedFomo, FedFomoParams, add_to_row, egreedy_select, epsilon_at, fomo_update, fomo_weights
-from harness.engine import resume, run
-from harness.engine.executor import ActorCache, make_executor
+from harness.engine import run
 from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
 from partitions import build_federated_dataset
 from protocol.params import ParamSpec, vector_to_model
 from protocol.rng import rng
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, small_config
+from tests.conftest import metrics_history, runs_everywhere, small_config
 
 
 class Setup:
@@ -190,29 +189,10 @@ def test_m_zero_is_local_only_exactly(tmp_path):
     assert all(h["fedfomo_peers_mean"] == 0 for h in fomo.history)
 
 
-@pytest.fixture(scope="module")
-def actors(ray_session):
-    cache = ActorCache()
-    yield lambda cfg, data: make_executor(cfg, data, cache=cache)
-    cache.clear()
-
-
 def test_end_to_end_identical_in_process_on_ray_with_disk_store_and_after_resume(tmp_path, actors):
-    common = ("algorithm.name=fedfomo", "rounds=3", "train.lr=0.1", "algorithm.M=2")
-    local = run(small_config(tmp_path / "local", *common), progress=False)
-    on_ray = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False,
-                 executor_factory=actors)
-    disk = run(small_config(tmp_path / "disk", *common, "store.backend=disk", f"store.path={tmp_path}/store"),
-               progress=False)
-    one = run(small_config(tmp_path / "one", *common, "workers.num_workers=1"), progress=False)
-    cut = small_config(tmp_path / "cut", *common)
-    first = run(cut, progress=False, stop_after=2)
-    resumed = resume(first.run_id, cut.checkpoint_dir, progress=False)
+    local = runs_everywhere(tmp_path, "algorithm.name=fedfomo", "rounds=3", "train.lr=0.1", "algorithm.M=2",
+                            actors=actors)["local"]
     history = metrics_history(local)
-    assert history == metrics_history(on_ray) == metrics_history(disk) == metrics_history(one) == \
-        metrics_history(resumed)
-    for other in (on_ray, disk, one, resumed):
-        np.testing.assert_array_equal(local.global_vec, other.global_vec)
     assert {p.name.split(".", 1)[1] for p in (tmp_path / "store").rglob("*.npy")} == {
         "model.npy", "affinity_ids.npy", "affinity.npy"}
     assert history[0]["fedfomo_peers_mean"] == 0 and history[-1]["fedfomo_peers_mean"] > 0

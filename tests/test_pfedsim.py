@@ -12,14 +12,13 @@ import pytest
 from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.pfedsim import PFedSim, PFedSimParams, classifier_similarity, similarity_weights, weighted_body
-from harness.engine import resume, run
-from harness.engine.executor import ActorCache, make_executor
+from harness.engine import run
 from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
 from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, small_config
+from tests.conftest import metrics_history, runs_everywhere, small_config
 
 
 def tiny(warmup: int = 2, classes: int = 2, hidden: int = 2) -> PFedSim:
@@ -154,29 +153,11 @@ def test_warm_up_covering_the_run_is_fedavg_exactly(tmp_path):
     np.testing.assert_array_equal(pfedsim.global_vec, fedavg.global_vec)
 
 
-@pytest.fixture(scope="module")
-def actors(ray_session):
-    cache = ActorCache()
-    yield lambda cfg, data: make_executor(cfg, data, cache=cache)
-    cache.clear()
-
-
 def test_end_to_end_identical_in_process_on_ray_with_disk_store_and_after_resume(tmp_path, actors):
-    common = ("algorithm.name=pfedsim", "algorithm.warmup_rounds=1", "rounds=3", "train.lr=0.1")
-    local = run(small_config(tmp_path / "local", *common), progress=False)
-    on_ray = run(small_config(tmp_path / "ray", *common, "workers.use_ray=true"), progress=False,
-                 executor_factory=actors)
-    one_worker = run(small_config(tmp_path / "one", *common, "workers.num_workers=1"), progress=False)
-    disk = run(small_config(tmp_path / "disk", *common, "store.backend=disk", f"store.path={tmp_path}/store"),
-               progress=False)
-    cut = small_config(tmp_path / "cut", *common)
-    first = run(cut, progress=False, stop_after=2)  # the pool is filled in round 2 and used in round 3
-    resumed = resume(first.run_id, cut.checkpoint_dir, progress=False)
-    history = metrics_history(local)
-    assert history == metrics_history(on_ray) == metrics_history(one_worker) == metrics_history(disk) == \
-        metrics_history(resumed)
-    for other in (on_ray, one_worker, disk, resumed):
-        np.testing.assert_array_equal(local.global_vec, other.global_vec)
+    # stopped after round 2 and resumed: the pool is filled in round 2 and used in round 3
+    out = runs_everywhere(tmp_path, "algorithm.name=pfedsim", "algorithm.warmup_rounds=1", "rounds=3", "train.lr=0.1",
+                          actors=actors)
+    history = metrics_history(out["local"])
     assert {p.name.split(".", 1)[1] for p in (tmp_path / "store").rglob("*.npy")} == {"w.npy"}
     assert "pfedsim_peers_mean" not in history[0] and history[1]["pfedsim_pool_size"] == 0
     assert history[2]["pfedsim_peers_mean"] > 0 and history[2]["pfedsim_self_weight_mean"] < 1
