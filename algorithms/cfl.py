@@ -57,15 +57,14 @@ cfl_mean_norm_min / cfl_max_norm_max to calibrate them). Differences, the module
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 from torch import nn
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.clusters import ClusterCopies, CopiesLayout
 from algorithms.registry import register
 
 AUTHORS = "felisat/clustered-federated-learning"
@@ -88,19 +87,6 @@ class CFLParams(Params):
                                     "alpha_cross_max)/2) (paper's Algorithm 3); none: no check (authors, FL-bench)")
     max_clusters: int = Field(8, ge=1, description="cluster models the model holds (not in the paper: the harness "
                                                    "keeps every cluster model in the global vector)")
-
-
-class ClusterCopies(nn.Module):
-    """k copies of a model (identical at first: every cluster starts from its parent's model); the one-hot float
-    buffer `select` picks the copy that runs."""
-
-    def __init__(self, base: nn.Module, k: int):
-        super().__init__()
-        self.clusters = nn.ModuleList([base] + [copy.deepcopy(base) for _ in range(k - 1)])
-        self.register_buffer("select", torch.zeros(k))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clusters[int(self.select.argmax())](x)
 
 
 # ----- the mechanism as pure functions (tested directly) ------------------------------------------------------------
@@ -156,7 +142,7 @@ def weighted_mean(models: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 
 @register
-class CFL(Algorithm):
+class CFL(CopiesLayout, Algorithm):
     """CFL: FedAvg per cluster; a stationary cluster with divergent clients is bi-partitioned by update cosines."""
 
     name = "cfl"
@@ -172,29 +158,12 @@ class CFL(Algorithm):
         return ClusterCopies(model, k)
 
     def __init__(self, params: CFLParams, ctx):
-        self.sel = ctx.spec.slot("select")
-        if self.sel.size != params.max_clusters:
-            raise ValueError(f"cfl: max_clusters={params.max_clusters} but the model was built with {self.sel.size} "
-                             "copies (build_model needs the hyperparameters: harness.engine.worker.build_algorithm)")
+        self.lay_out_copies(ctx.spec, params.max_clusters, "cfl: max_clusters")
         super().__init__(params, ctx)
-        self.ranges = []  # cluster j's elements: one contiguous range of the flat vector
-        for j in range(params.max_clusters):
-            slots = [s for s in self.spec.slots if s.name.startswith(f"clusters.{j}.")]
-            self.ranges.append((slots[0].start, slots[-1].stop))
-            assert slots[-1].stop - slots[0].start == sum(s.size for s in slots), "a copy must be contiguous"
         start, stop = self.ranges[0]
-        self.size = stop - start
         self.trainable = self.spec.mask(s.name for s in self.spec.slots if s.trainable)[start:stop]
         self.count = 1  # clusters in use (server state)
         self.stats: dict[str, float] = {}
-
-    def shared_mask(self) -> np.ndarray:
-        return ~self.spec.mask(["select"])
-
-    def selected(self, vec: np.ndarray, j: int) -> np.ndarray:
-        out = vec.copy()
-        out[self.sel.start : self.sel.stop] = np.eye(self.params.max_clusters, dtype=np.float32)[j]
-        return out
 
     @staticmethod
     def cluster_of(state: State) -> int:

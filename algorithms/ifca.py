@@ -40,15 +40,14 @@ whether a returning client moved.
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 from torch import nn
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Notes, Params
+from algorithms.clusters import ClusterCopies, CopiesLayout
 from algorithms.registry import register
 
 AUTHORS = "jichan3751/ifca femnist/ifca/run_ifca.sh"
@@ -62,32 +61,13 @@ class IFCAParams(Params):
                                "samples")
 
 
-class ClusterModel(nn.Module):
-    """k independent copies of a model; the one-hot float buffer `select` picks the copy that runs."""
-
-    def __init__(self, base: nn.Module, k: int):
-        super().__init__()
-        copies = [base]
-        for _ in range(k - 1):
-            fresh = copy.deepcopy(base)
-            for m in fresh.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            copies.append(fresh)
-        self.clusters = nn.ModuleList(copies)
-        self.register_buffer("select", torch.zeros(k))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clusters[int(self.select.argmax())](x)
-
-
 def assign(losses: np.ndarray) -> int:
     """The cluster of lowest loss (ties: the lower index)."""
     return int(np.argmin(losses))
 
 
 @register
-class IFCA(Algorithm):
+class IFCA(CopiesLayout, Algorithm):
     """IFCA: k cluster models; each client trains the one with the lowest loss on its data, averaged per cluster."""
 
     name = "ifca"
@@ -98,29 +78,12 @@ class IFCA(Algorithm):
 
     def build_model(self, model: nn.Module) -> nn.Module:
         params = getattr(self, "params", None)  # a bare probe (built without hyperparameters) has none
-        return ClusterModel(model, params.k if params is not None else IFCAParams.model_fields["k"].default)
+        k = params.k if params is not None else IFCAParams.model_fields["k"].default
+        return ClusterCopies(model, k, fresh_init=True)
 
     def __init__(self, params: IFCAParams, ctx):
-        self.sel = ctx.spec.slot("select")
-        if self.sel.size != params.k:
-            raise ValueError(f"ifca: k={params.k} but the model was built with {self.sel.size} cluster copies "
-                             "(build_model needs the hyperparameters: harness.engine.worker.build_algorithm)")
+        self.lay_out_copies(ctx.spec, params.k, "ifca: k")
         super().__init__(params, ctx)
-        self.ranges = []  # cluster j's elements: one contiguous range of the flat vector
-        for j in range(params.k):
-            slots = [s for s in self.spec.slots if s.name.startswith(f"clusters.{j}.")]
-            start, stop = slots[0].start, slots[-1].stop
-            assert stop - start == sum(s.size for s in slots), "a cluster's tensors must be contiguous"
-            self.ranges.append((start, stop))
-        self.size = self.ranges[0][1] - self.ranges[0][0]
-
-    def shared_mask(self) -> np.ndarray:
-        return ~self.spec.mask(["select"])
-
-    def selected(self, vec: np.ndarray, j: int) -> np.ndarray:
-        out = vec.copy()
-        out[self.sel.start : self.sel.stop] = np.eye(self.params.k, dtype=np.float32)[j]
-        return out
 
     # ----- server side ----------------------------------------------------------------------------------------------
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:

@@ -13,7 +13,8 @@ import torch
 
 from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
-from algorithms.cfl import CFL, CFLParams, ClusterCopies, cosine_matrix, optimal_bipartition, update_norms
+from algorithms.cfl import CFL, CFLParams, cosine_matrix, optimal_bipartition, update_norms
+from algorithms.clusters import ClusterCopies
 from harness.engine import run
 from harness.engine.training import LocalTrainer
 from harness.models import build_model

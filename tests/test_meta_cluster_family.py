@@ -15,8 +15,9 @@ from torch.func import functional_call
 
 from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
+from algorithms.clusters import ClusterCopies
 from algorithms.fedamp import FedAMP, FedAMPParams, attention_weights, cloud_model, heuristic_weights
-from algorithms.ifca import IFCA, ClusterModel, IFCAParams
+from algorithms.ifca import IFCA, IFCAParams
 from algorithms.perfedavg import hvp_difference, hvp_exact, meta_step, model_loss
 from algorithms.pfedme import inner_step, moreau_step, server_mix, solve_inner
 from harness.engine import resume, run
@@ -219,7 +220,7 @@ def test_pfedme_client_runs_k_inner_steps_then_moves_w_towards_theta(tmp_path):
 def test_ifca_clients_pick_the_lowest_loss_cluster_and_clusters_average_only_their_members(tmp_path):
     cfg = small_config(tmp_path, "algorithm.name=ifca")
     data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
-    model = ClusterModel(build_model("mlp", data.input_shape, data.num_classes, hidden=4), 2)
+    model = ClusterCopies(build_model("mlp", data.input_shape, data.num_classes, hidden=4), 2, fresh_init=True)
     spec = ParamSpec.of(model)
     algo = IFCA(IFCAParams(k=2), AlgoContext(spec, cfg.train, data.num_clients, data.num_classes, 0))
     trainer = LocalTrainer(model, spec, data, cfg.train, torch.device("cpu"), 0)
