@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.pool import ModelPool
 from algorithms.registry import register
 
 
@@ -107,8 +108,7 @@ class FedAMP(Algorithm):
     def __init__(self, params: FedAMPParams, ctx):
         super().__init__(params, ctx)
         self.trainable = self.spec.mask(s.name for s in self.spec.slots if s.trainable)
-        self.pool: dict[int, np.ndarray] = {}  # client id -> its last uploaded w (server state)
-        self._stacked: tuple[np.ndarray, np.ndarray] | None = None  # (ids, models) of the pool, rebuilt on change
+        self.pool = ModelPool(self.spec.size)  # client id -> its last uploaded w (server state)
 
     # ----- server side ----------------------------------------------------------------------------------------------
     def weights(self, own: np.ndarray, others: np.ndarray) -> tuple[float, np.ndarray]:
@@ -121,11 +121,7 @@ class FedAMP(Algorithm):
     def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> Dispatch:
         """u_i from client i's stored w_i (w^0 if it never trained) and the stored models of the other clients."""
         own = self.pool.get(cid, global_vec)
-        if self._stacked is None:
-            ids = sorted(self.pool)
-            models = np.stack([self.pool[j] for j in ids]) if ids else np.zeros((0, self.spec.size), np.float32)
-            self._stacked = (np.array(ids, dtype=np.int64), models)
-        ids, models = self._stacked
+        ids, models = self.pool.stacked()
         others = models[ids != cid]  # client-id order
         self_weight, xi = self.weights(own, others)
         u = cloud_model(own, self_weight, others, xi)
@@ -134,21 +130,14 @@ class FedAMP(Algorithm):
 
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
         """No global model: the round's uploads replace their clients' entries in the pool."""
-        for u in sorted(updates, key=lambda u: u.cid):
-            self.pool[u.cid] = u.upload["model"].copy()
-        self._stacked = None
+        self.pool.put(updates)
         return global_vec
 
     def server_state(self) -> State:
-        if not self.pool:
-            return {}
-        ids = sorted(self.pool)
-        return {"pool_cids": np.array(ids, dtype=np.int64), "pool_models": np.stack([self.pool[j] for j in ids])}
+        return self.pool.state()
 
     def load_server_state(self, state: State) -> None:
-        self.pool = {int(c): np.asarray(m, dtype=np.float32).copy()
-                     for c, m in zip(state.get("pool_cids", []), state.get("pool_models", []), strict=True)}
-        self._stacked = None
+        self.pool.load(state)
 
     def round_metrics(self, notes: Notes) -> dict[str, float]:
         if not notes:

@@ -57,6 +57,7 @@ import numpy as np
 from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.pool import ModelPool
 from algorithms.registry import register
 
 
@@ -117,8 +118,7 @@ class PFedSim(Algorithm):
             raise ValueError(f"pfedsim: the classifier (head.*) has no weight matrix to compare; tensors: "
                              f"{', '.join(self.spec.names)}")
         self.classifier = weights[-1]  # the output layer: one row per class (FL-bench's classifier.weight)
-        self.pool: dict[int, np.ndarray] = {}  # client id -> its last uploaded model (server state)
-        self._stacked: tuple[np.ndarray, np.ndarray] | None = None  # (ids, models) of the pool, rebuilt on change
+        self.pool = ModelPool(self.spec.size)  # client id -> its last uploaded model (server state)
 
     def shared_mask(self) -> np.ndarray:
         return ~self.spec.head_mask()
@@ -131,13 +131,6 @@ class PFedSim(Algorithm):
         s = self.classifier
         return vec[..., s.start : s.stop].reshape(*vec.shape[:-1], *s.shape)
 
-    def stacked(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._stacked is None:
-            ids = sorted(self.pool)
-            models = np.stack([self.pool[j] for j in ids]) if ids else np.zeros((0, self.spec.size), np.float32)
-            self._stacked = (np.array(ids, dtype=np.int64), models)
-        return self._stacked
-
     def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> Dispatch:
         if not self.personalizing(round):
             return Dispatch({"model": global_vec}, state, {"personalized": False})
@@ -145,7 +138,7 @@ class PFedSim(Algorithm):
         if own is None:  # new to this phase: the warm-up model (FL-bench resets every personal model to it)
             body, own_weight, peers = global_vec[self.shared], 1.0, 0
         else:
-            ids, models = self.stacked()
+            ids, models = self.pool.stacked()
             others = models[ids != cid]  # client-id order
             own_weight, weights = similarity_weights(
                 classifier_similarity(self.head_weight(own), self.head_weight(others)), self.params.self_similarity)
@@ -171,21 +164,14 @@ class PFedSim(Algorithm):
                 total += scaled
                 weight += u.num_samples
             return (total / weight).astype(np.float32)
-        for u in sorted(updates, key=lambda u: u.cid):
-            self.pool[u.cid] = u.upload["model"].copy()
-        self._stacked = None
+        self.pool.put(updates)
         return global_vec
 
     def server_state(self) -> State:
-        if not self.pool:
-            return {}
-        ids, models = self.stacked()
-        return {"pool_cids": ids.copy(), "pool_models": models.copy()}
+        return self.pool.state()
 
     def load_server_state(self, state: State) -> None:
-        self.pool = {int(c): np.asarray(m, dtype=np.float32).copy()
-                     for c, m in zip(state.get("pool_cids", []), state.get("pool_models", []), strict=True)}
-        self._stacked = None
+        self.pool.load(state)
 
     def round_metrics(self, notes: Notes) -> dict[str, float]:
         rows = [notes[c] for c in sorted(notes) if notes[c].get("personalized")]
