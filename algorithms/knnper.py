@@ -6,7 +6,7 @@ keeps a local MEMORY of (φ(x_i), y_i) over its TRAINING samples, φ the global 
 output, what feeds `head.*`), and predicts with
 
     p_t(y|x) = λ_t · p_kNN(y|x) + (1 − λ_t) · softmax(h(x))_y,
-    p_kNN(y|x) = Σ_{j ∈ kNN(x)} exp(−‖φ(x) − φ(x_j)‖² / (D·s)) 1[y_j = y] / Σ_{j ∈ kNN(x)} exp(−‖φ(x) − φ(x_j)‖² / (D·s)),
+    p_kNN(y|x) = Σ_{j ∈ kNN(x)} w_j 1[y_j = y] / Σ_{j ∈ kNN(x)} w_j,   w_j = exp(−‖φ(x) − φ(x_j)‖² / (D·s)),
 
 the k nearest memory entries in squared L2 distance, D = dim φ, s the kernel's length scale (the authors'
 gather_knn_outputs). λ_t is chosen per client on a grid of step 0.01 by accuracy (ties: lower negative
@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
