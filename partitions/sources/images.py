@@ -179,8 +179,9 @@ def medmnist(spec: DataSpec) -> ArrayData:
             raise ValueError(f"medmnist: {path} lacks {', '.join(missing)} (has {', '.join(z.files)})")
         x = np.concatenate([z[f"{s}_images"] for s in splits])
         labels = [z[f"{s}_labels"] for s in splits]
-    y = np.concatenate(labels)
-    if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"medmnist: {path.name} is multi-label ({y.shape[1]} binary labels per image); fedharness "
+    multi = [lab.shape[1] for lab in labels if lab.ndim == 2 and lab.shape[1] > 1]
+    if multi:
+        raise ValueError(f"medmnist: {path.name} is multi-label ({multi[0]} binary labels per image); fedharness "
                          f"trains single-label classifiers: pick a single-label set (pathmnist, dermamnist, ...)")
+    y = np.concatenate([lab.reshape(len(lab)) for lab in labels])
     return make_data(x, y.ravel(), f"medmnist-{flag}", where=f"medmnist: {path}")
