@@ -8,6 +8,7 @@ splits each *class* over the clients (client sizes then follow from the draw), t
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -47,7 +48,7 @@ def inner_dirichlet(y: np.ndarray, spec: PartitionSpec, params: InnerDirichletPa
     have examples (a class that runs out gets probability zero), and give the client one example of
     that class (a uniformly random one). A client whose q_k is zero on every class left (possible when
     alpha underflows) draws uniformly among them instead of looping forever as FedDyn's code would.
-    Cost: O(N log C) scalar steps plus O(K C) per exhausted class.
+    Cost: O(N log C) Python steps (~0.1-0.2 s for MNIST's 60,000) plus O(K C) per exhausted class.
     """
     n, k, m = len(y), spec.num_clients, spec.min_samples
     check_enough(n, spec)
@@ -61,33 +62,37 @@ def inner_dirichlet(y: np.ndarray, spec: PartitionSpec, params: InnerDirichletPa
         sizes = m + largest_remainder(gen.lognormal(0.0, params.inner_sigma, k), n - k * m)
     q = gen.dirichlet(np.full(c, params.alpha), size=k)  # (K, C)
     q[~np.isfinite(q)] = 0.0
-    counts = np.zeros((k, c), dtype=np.int64)
-    need = sizes.copy()
-    open_clients = [int(i) for i in np.flatnonzero(need > 0)]
+    # the loop is sequential by definition; it runs on Python lists (bisect), ~1 us an example
+    counts = [[0] * c for _ in range(k)]
+    need = sizes.tolist()
+    remaining = left.tolist()
+    open_clients = [i for i in range(k) if need[i] > 0]
     cum = _cumulative(q, left)
-    block = gen.random((max(n, 1), 2))  # two uniforms per example dealt, drawn at once
-    for t in range(n):
-        u_client, u_class = block[t]
+    uniforms = gen.random((n, 2)).tolist()  # two uniforms per example dealt, drawn at once
+    for u_client, u_class in uniforms:
         slot = int(u_client * len(open_clients))
         client = open_clients[slot]
         row = cum[client]
         if row[-1] <= 0:  # q_k is zero on every class left: uniform over the classes left
-            row = np.cumsum(left > 0, dtype=np.float64)
-        cls = min(int(np.searchsorted(row, u_class * row[-1], side="right")), c - 1)
-        counts[client, cls] += 1
-        left[cls] -= 1
+            row = np.cumsum(np.asarray(remaining) > 0, dtype=np.float64).tolist()
+        cls = min(bisect.bisect_right(row, u_class * row[-1]), c - 1)
+        while remaining[cls] == 0:  # float ties at a zero-width step: the next class with examples left
+            cls = (cls + 1) % c
+        counts[client][cls] += 1
+        remaining[cls] -= 1
         need[client] -= 1
         if need[client] == 0:
             open_clients[slot] = open_clients[-1]
             open_clients.pop()
-        if left[cls] == 0:
-            cum = _cumulative(q, left)
+        if remaining[cls] == 0:
+            cum = _cumulative(q, np.asarray(remaining))
+    counts = np.asarray(counts, dtype=np.int64).reshape(k, c)
     order = np.lexsort((gen.random(n), y_idx))  # examples grouped by class, random order inside a class
     owner = np.empty(n, dtype=np.int64)
     owner[order] = np.repeat(np.tile(np.arange(k), c), counts.T.ravel())
     return owner
 
 
-def _cumulative(q: np.ndarray, left: np.ndarray) -> np.ndarray:
+def _cumulative(q: np.ndarray, left: np.ndarray) -> list[list[float]]:
     """Per client, the cumulative class weights over the classes that still have examples."""
-    return np.cumsum(q * (left > 0), axis=1)
+    return np.cumsum(q * (left > 0), axis=1).tolist()
