@@ -87,8 +87,9 @@ def leaf_json(path, users: dict[str, tuple[list, list]]):
 def test_femnist_reads_leaf_json(tmp_path):
     img = np.ones((28, 28))
     img[5, 7] = 0.0  # one black (ink) pixel on LEAF's white background
-    leaf_json(tmp_path / "train" / "a.json", {"w2": ([img.ravel().tolist()] * 2, [3, 61]), "w1": ([img.ravel().tolist()], [0])})
-    leaf_json(tmp_path / "test" / "a.json", {"w1": ([img.ravel().tolist()], [0])})
+    pixels = img.ravel().tolist()
+    leaf_json(tmp_path / "train" / "a.json", {"w2": ([pixels] * 2, [3, 61]), "w1": ([pixels], [0])})
+    leaf_json(tmp_path / "test" / "a.json", {"w1": ([pixels], [0])})
     d = load(source="femnist", root=str(tmp_path))
     assert d.x.shape == (4, 1, 28, 28) and d.x[0, 0, 5, 7] == 255 and d.x[0, 0, 0, 0] == 0  # ink = 255
     assert d.y.tolist() == [3, 61, 0, 0] and d.groups.tolist() == [1, 1, 0, 0]  # w1 < w2: one group in both splits
@@ -187,9 +188,10 @@ def test_celeba_smiling_by_identity_through_torchvision(tmp_path, monkeypatch):
     attrs = ["5_o_Clock_Shadow", "Smiling"]
     (base / "list_attr_celeba.txt").write_text(f"4\n{' '.join(attrs)}\n" + "".join(
         f"{n} -1 {s}\n" for n, s in zip(names, (1, -1, 1, 1), strict=True)))
-    (base / "identity_CelebA.txt").write_text("".join(f"{n} {g}\n" for n, g in zip(names, (7, 7, 9, 3), strict=True)))
-    (base / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, s in zip(names, (0, 0, 1, 2), strict=True)))
-    (base / "list_bbox_celeba.txt").write_text("4\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n" for n in names))
+    rows = lambda values: "".join(f"{n} {v}\n" for n, v in zip(names, values, strict=True))  # noqa: E731
+    (base / "identity_CelebA.txt").write_text(rows((7, 7, 9, 3)))
+    (base / "list_eval_partition.txt").write_text(rows((0, 0, 1, 2)))
+    (base / "list_bbox_celeba.txt").write_text("4\nimage_id x_1 y_1 width height\n" + rows(["1 2 3 4"] * 4))
     (base / "list_landmarks_align_celeba.txt").write_text(
         "4\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
         + "".join(f"{n} {' '.join(['1'] * 10)}\n" for n in names))
@@ -213,7 +215,8 @@ def test_medmnist_reads_the_official_npz_without_pickle(tmp_path):
                    (("train", 6), ("val", 2), ("test", 3))})
     np.savez(tmp_path / "pathmnist.npz", **arrays)
     d = load(source="medmnist", root=str(tmp_path))
-    assert d.name == "medmnist-pathmnist" and d.x.shape == (9, 3, 28, 28) and d.y.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    assert d.name == "medmnist-pathmnist" and d.x.shape == (9, 3, 28, 28)
+    assert d.y.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
     assert np.array_equal(d.x[0], arrays["train_images"][0].transpose(2, 0, 1))
     assert len(load(source="medmnist", root=str(tmp_path / "pathmnist.npz"), split="val").y) == 2
     np.savez(tmp_path / "chestmnist.npz", **{**arrays, "train_labels": np.zeros((6, 14), np.uint8)})

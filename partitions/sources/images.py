@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from partitions.cache import cached_arrays, file_fingerprint
+from partitions.cache import cached_arrays
 from partitions.federated import ArrayData
 from partitions.sources.common import data_cache, make_data, pooled
 from partitions.sources.registry import source
@@ -67,9 +67,9 @@ def cinic10(spec: DataSpec) -> ArrayData:
     splits = pooled(spec.split, ("train", "test"))
     missing = [f"{s}/" for s in splits if not (root / s).is_dir()]
     if missing:
-        raise FileNotFoundError(f"cinic10: data not found under data.root={str(root)!r}; missing: {', '.join(missing)}. "
-                                f"Unpack CINIC-10.tar.gz (https://github.com/BayesWatch/cinic-10) into data.root so "
-                                f"that it holds train/, valid/ and test/, one folder per class")
+        raise FileNotFoundError(f"cinic10: data not found under data.root={str(root)!r}; missing: "
+                                f"{', '.join(missing)}. Unpack CINIC-10.tar.gz (https://github.com/BayesWatch/"
+                                f"cinic-10) into data.root so that it holds train/, valid/ and test/ (a folder per class)")
     classes, _ = find_classes(str(root / splits[0]))
     paths, labels = [], []
     for s in splits:
