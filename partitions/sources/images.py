@@ -69,7 +69,7 @@ def cinic10(spec: DataSpec) -> ArrayData:
     if missing:
         raise FileNotFoundError(f"cinic10: data not found under data.root={str(root)!r}; missing: "
                                 f"{', '.join(missing)}. Unpack CINIC-10.tar.gz (https://github.com/BayesWatch/"
-                                f"cinic-10) into data.root so that it holds train/, valid/ and test/ (a folder per class)")
+                                f"cinic-10) into data.root: it must hold train/, valid/, test/ (a folder per class)")
     classes, _ = find_classes(str(root / splits[0]))
     paths, labels = [], []
     for s in splits:
