@@ -156,6 +156,57 @@ def dnn(input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> Bo
     return BodyHead(body, nn.Linear(hidden, num_classes))
 
 
+@model("lenet5")
+def lenet5(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
+    """LeNet-5 (LeCun et al. 1998) as the FL literature runs it on MNIST/FEMNIST/CIFAR (ReLU and max-pooling in
+    place of the paper's scaled tanh and subsampling): conv5x5-6 (padding 2), pool, conv5x5-16, pool, fc-120,
+    fc-84, then the classifier head. 61,706 parameters on 1x28x28 with 10 classes (LeCun's 60k on 32x32).
+    Inputs of 8x8 to 15x15 get a 3x3 second convolution, as docs/examples/my_lenet5.py does."""
+    if len(input_shape) != 3:
+        raise ValueError(f"lenet5 needs C x H x W images, but each input has shape {tuple(input_shape)}; "
+                         f"use model.name=mlp for tables")
+    channels, height, width = input_shape
+    if min(height, width) < 8:
+        raise ValueError(f"lenet5 needs images of at least 8x8, got {height}x{width}; use model.name=mlp")
+    conv = nn.Sequential(nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 3 if min(height, width) < 16 else 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten())
+    body = nn.Sequential(*conv, nn.Linear(_flat_dim(conv, input_shape), 120), nn.ReLU(), nn.Linear(120, 84),
+                         nn.ReLU())
+    return BodyHead(body, nn.Linear(84, num_classes))
+
+
+class _TokenLSTM(nn.Module):
+    """Token ids (N, T) -> embedding -> stacked LSTM -> the last step's output (N, hidden)."""
+
+    def __init__(self, vocab_size: int, embedding: int, hidden: int, layers: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, num_layers=layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the trainer hands inputs over as float (ids < 2^24 are exact) after (x - 0) / 1: back to ids
+        out, _ = self.lstm(self.embed(x.long()))
+        return out[:, -1]
+
+
+@model("char_lstm")
+def char_lstm(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None, embedding: int = 8,
+              hidden: int = 256, layers: int = 2) -> BodyHead:
+    """The LEAF / FedProx Shakespeare model (Caldas et al. 2018; Li et al. 2020, Sec. 5.1; LEAF's
+    models/shakespeare/stacked_lstm.py): an embedding of 8 per character, a 2-layer LSTM of 256 units, the
+    last step's output into a linear classifier (the head) over the next character. Inputs are token ids
+    (N, T) as the `shakespeare` and `sent140` sources deliver them; `vocab_size` defaults to num_classes
+    (next-character prediction: the 80 LEAF characters). For `sent140` set vocab_size to 10,001 (its word
+    ids), and e.g. embedding 300, hidden 100 for LEAF's Sent140 LSTM shape (without its GloVe weights)."""
+    if len(input_shape) != 1:
+        raise ValueError(f"char_lstm needs token sequences (N, T), but each input has shape {tuple(input_shape)}; "
+                         f"use data.source=shakespeare or sent140")
+    body = _TokenLSTM(int(vocab_size or num_classes), embedding, hidden, layers)
+    return BodyHead(body, nn.Linear(hidden, num_classes))
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options) -> BodyHead:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")

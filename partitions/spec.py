@@ -25,7 +25,8 @@ class DataSpec(Strict):
 
     source: str = Field("digits", description="a registered data source; built in: digits, mnist, fashionmnist, "
                                               "emnist, cifar10, cifar100, svhn (torchvision), hf (Hugging Face hub "
-                                              "or local files), arrays (local .npz/.npy)")
+                                              "or local files), arrays (local .npz/.npy), synthetic, femnist, "
+                                              "shakespeare, sent140 (LEAF), cinic10, tinyimagenet, celeba, medmnist")
     root: str | None = Field(None, description="torchvision: folder holding the data set (default ./data); arrays: "
                                                ".npz file, .npy file or folder of .npy files; hf: local parquet/"
                                                "arrow/csv/json file or folder (imagefolder); null = hub")
@@ -33,7 +34,8 @@ class DataSpec(Strict):
                                               "(needs internet)")
     name: str | None = Field(None, description="emnist: split (byclass, bymerge, balanced, letters, digits, mnist); "
                                                "hf: hub data set id, or a builder (parquet, csv, json, arrow, "
-                                               "imagefolder) for local files")
+                                               "imagefolder) for local files; synthetic: key=value options "
+                                               "(alpha, beta, devices, seed, iid); medmnist: the set (pathmnist)")
     subset: str | None = Field(None, description="hf: configuration (subset) name of a hub data set")
     split: str | None = Field(None, description="train or test (svhn also extra); hf: any split expression; "
                                                 "null pools all splits (the partition makes its own local splits)")
@@ -104,7 +106,8 @@ class PartitionSpec(Strict):
 
     scheme: Literal[tuple(SCHEMES)] = Field(  # type: ignore[valid-type]  # kept equal to the registry
         "dirichlet", description="a registered scheme; built in: iid, dirichlet (label skew), pathological (k "
-                                 "classes per client), shards, quantity (size skew), natural (by data.group_column)")
+                                 "classes per client), shards, quantity (size skew), natural (by data.group_column), "
+                                 "inner_dirichlet, iid_dirichlet_mix, label_quantity")
     num_clients: int = Field(50, ge=1, description="number of clients (natural: how many groups to keep)")
     min_samples: int = Field(10, ge=1, description="minimum samples per client (before the local split)")
     feature_shift: FeatureShiftSpec = FeatureShiftSpec()

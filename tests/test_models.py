@@ -12,7 +12,8 @@ from protocol.params import ParamSpec, model_to_vector, vector_to_model
 
 SHAPES = {"avgcnn": [(3, 32, 32), (1, 28, 28)], "avgcnn_bn": [(3, 32, 32), (1, 28, 28)],
           "resnet34": [(3, 32, 32)], "mobilenetv2": [(3, 32, 32), (1, 28, 28)], "logreg": [(1, 28, 28)],
-          "dnn": [(1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)]}
+          "dnn": [(1, 28, 28)], "mlp": [(1, 8, 8), (3, 32, 32)], "resnet18": [(3, 32, 32)],
+          "lenet5": [(1, 28, 28), (3, 32, 32), (1, 8, 8)], "char_lstm": [(80,)]}
 CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]
 
 
@@ -108,7 +109,7 @@ def test_vector_round_trip_is_exact(name, shape):
             assert torch.equal(ta, tb), ka
     a.eval()
     b.eval()
-    x = torch.randn(2, *shape)
+    x = torch.randint(0, 10, (2, *shape)).float() if name == "char_lstm" else torch.randn(2, *shape)  # token ids
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     with pytest.raises(ValueError, match="vector has shape"):
@@ -123,3 +124,51 @@ def test_dnn_has_mcmahan_2nn_size_and_logreg_is_all_head():
     assert n_params(build_model("dnn", (1, 28, 28), 10)) == 199_210  # McMahan et al. 2017's 2NN
     spec = ParamSpec.of(build_model("logreg", (1, 28, 28), 10))
     assert spec.size == 7_850 and spec.head_mask().all()
+
+
+def test_lenet5_sizes_and_the_plugin_example_is_the_same_network():
+    model = build_model("lenet5", (1, 28, 28), 10)
+    # conv5x5 1->6 (pad 2), conv5x5 6->16, fc 16*5*5->120, fc 120->84, classifier 84->10
+    assert n_params(model) == 156 + 2_416 + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10) == 61_706
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_lenet5.py"
+    spec = importlib.util.spec_from_file_location("my_lenet5_example", path)
+    example = importlib.util.module_from_spec(spec)
+    saved = MODELS.pop("my_lenet5", None)  # another test may have loaded the plugin already
+    spec.loader.exec_module(example)
+    try:
+        torch.manual_seed(0)
+        ours = build_model("lenet5", (3, 32, 32), 10)
+        torch.manual_seed(0)
+        theirs = build_model("my_lenet5", (3, 32, 32), 10)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x))
+    finally:
+        MODELS.pop("my_lenet5", None)
+        if saved is not None:
+            MODELS["my_lenet5"] = saved
+    with pytest.raises(ValueError, match="lenet5 needs C x H x W images"):
+        build_model("lenet5", (60,), 10)
+
+
+def test_char_lstm_is_leafs_shakespeare_model():
+    model = build_model("char_lstm", (80,), 80)
+    lstm = model.body.lstm
+    assert (model.body.embed.num_embeddings, model.body.embed.embedding_dim) == (80, 8)
+    assert (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first) == (8, 256, 2, True)
+    per_layer = lambda n_in: 4 * 256 * (n_in + 256) + 2 * 4 * 256  # noqa: E731  (W_ih, W_hh, two biases)
+    assert n_params(model) == 80 * 8 + per_layer(8) + per_layer(256) + (256 * 80 + 80) == 819_920
+    ids = torch.randint(0, 80, (3, 80))
+    out = model(ids.float())  # the trainer hands token ids over as float
+    assert out.shape == (3, 80)
+    with torch.no_grad():  # the prediction reads the last step's output of the top layer
+        full, _ = lstm(model.body.embed(ids))
+        assert torch.allclose(model.head(full[:, -1]), out)
+    words = build_model("char_lstm", (25,), 2, vocab_size=10_001, embedding=300, hidden=100)
+    assert words.body.embed.num_embeddings == 10_001 and words.head.out_features == 2
+    with pytest.raises(ValueError, match="char_lstm needs token sequences"):
+        build_model("char_lstm", (1, 28, 28), 10)

@@ -33,7 +33,8 @@ def one_line_error(tree: dict) -> str:
 def test_unknown_scheme_names_the_registered_ones():
     message = one_line_error({"partition": {"scheme": "zipf"}})
     assert message == ("partition.scheme: Input should be a registered partition scheme: 'iid', 'dirichlet', "
-                       "'pathological', 'shards', 'quantity' or 'natural' (got \"zipf\")")
+                       "'pathological', 'shards', 'quantity', 'natural', 'inner_dirichlet', 'iid_dirichlet_mix' or "
+                       "'label_quantity' (got \"zipf\")")
 
 
 def test_unknown_key_names_the_key_the_scheme_and_its_keys():
@@ -44,10 +45,10 @@ def test_unknown_key_names_the_key_the_scheme_and_its_keys():
 
 def test_a_key_of_another_scheme_is_an_error_unless_it_is_at_its_default():
     message = one_line_error({"partition": {"scheme": "dirichlet", "classes_per_client": 3}})
-    assert "key 'partition.classes_per_client' belongs to scheme pathological, not dirichlet" in message
+    assert "key 'partition.classes_per_client' belongs to scheme pathological, label_quantity, not dirichlet" in message
     assert "allowed keys here: alpha, dirichlet_balance (scheme dirichlet)" in message
     message = one_line_error({"partition": {"scheme": "iid", "alpha": 0.1}})
-    assert "'partition.alpha' belongs to scheme dirichlet, not iid" in message
+    assert "'partition.alpha' belongs to scheme dirichlet, inner_dirichlet, iid_dirichlet_mix, not iid" in message
     assert "scheme iid has no keys of its own" in message
     # at its default it carries no meaning: accepted and dropped (a study cell partition.scheme=iid over a
     # Dirichlet base with alpha 0.5, or a config saved before the registry, which lists every key)
@@ -81,9 +82,12 @@ def test_scheme_keys_are_validated_defaulted_and_read_as_attributes():
         _ = PartitionSpec(scheme="iid").alpha
 
 
+PRE_REGISTRY = ("iid", "dirichlet", "pathological", "shards", "quantity", "natural")  # the schemes before the registry
+
+
 def test_builtin_scheme_keys_are_the_pre_registry_fields():
     """Same names and defaults as the old PartitionSpec fields; the identity dump is the old layout."""
-    defaults = {k: v for name in BUILTIN for k, v in SCHEMES[name].Params().model_dump(mode="json").items()}
+    defaults = {k: v for name in PRE_REGISTRY for k, v in SCHEMES[name].Params().model_dump(mode="json").items()}
     assert defaults == PRE_REGISTRY_KEYS
     old_dump = {"scheme": "quantity", "num_clients": 20, "alpha": 0.5, "min_samples": 10, "dirichlet_balance": False,
                 "classes_per_client": 2, "class_assignment": "cyclic", "shards_per_client": 2,
@@ -100,7 +104,10 @@ def test_builtin_scheme_keys_are_the_pre_registry_fields():
 def test_labels_come_from_the_schemes():
     labels = {name: scheme_label(PartitionSpec(scheme=name)) for name in BUILTIN}
     assert labels == {"iid": "iid", "dirichlet": "dirichlet(alpha=0.5)", "pathological": "pathological(k=2)",
-                      "shards": "shards(shards=2)", "quantity": "quantity(lognormal)", "natural": "natural"}
+                      "shards": "shards(shards=2)", "quantity": "quantity(lognormal)", "natural": "natural",
+                      "inner_dirichlet": "inner_dirichlet(alpha=0.5)",
+                      "iid_dirichlet_mix": "iid_dirichlet_mix(iid=0.5,alpha=0.5)",
+                      "label_quantity": "label_quantity(k=2,lognormal)"}
     assert scheme_label(PartitionSpec(scheme="dirichlet", alpha=0.1)) == "dirichlet(alpha=0.1)"
 
 

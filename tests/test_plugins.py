@@ -39,7 +39,8 @@ def _plugin_config(tmp_path, *overrides):
 
 
 def test_unknown_model_and_algorithm_are_config_errors_without_the_plugin(tmp_path):
-    with pytest.raises(ConfigError, match="unknown model .my_lenet5.; choose one of: avgcnn, avgcnn_bn, dnn"):
+    with pytest.raises(ConfigError, match="unknown model .my_lenet5.; choose one of: avgcnn, avgcnn_bn, char_lstm, "
+                                          "dnn"):
         small_config(tmp_path, "model.name=my_lenet5")
     with pytest.raises(ConfigError, match="plugin file .*nope.py.* does not exist"):
         small_config(tmp_path, plugins=["nope.py"])

@@ -21,7 +21,8 @@ from partitions.schemes.registry import (
     unregister,
 )
 
-BUILTIN = ("iid", "dirichlet", "pathological", "shards", "quantity", "natural")
+BUILTIN = ("iid", "dirichlet", "pathological", "shards", "quantity", "natural", "inner_dirichlet", "iid_dirichlet_mix",
+           "label_quantity")
 for _name in BUILTIN:
     importlib.import_module(f"partitions.schemes.{_name}")
 
