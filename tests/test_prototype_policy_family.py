@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms import fedpac
+from algorithms import fedcp, fedpac
 from tests.test_hypernet_family import Setup
 
 
@@ -87,3 +87,52 @@ def test_fedpac_round_combines_classifiers_by_the_qp_and_aligns_to_prototypes(tm
         return float((((w.upload["protos"] - means) ** 2).sum(1) * (w.upload["counts"] > 0)).sum())
     gaps = [proto_gap(lam) for lam in (0.0, 1.0, 10.0)]
     assert gaps[2] < gaps[1] < gaps[0] and gaps[2] < 0.7 * gaps[0]
+
+
+# ----- FedCP ---------------------------------------------------------------------------------------------------------
+def test_fedcp_policy_splits_each_feature_into_parts_that_sum_to_it():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 2 * 3, generator=gen)
+    noise = fedcp.gumbel((4, 2, 3), torch.Generator().manual_seed(1))
+    s_p, s_g = fedcp.policy(scores, 0.5, noise)
+    a = scores.view(4, 2, 3) + noise
+    np.testing.assert_allclose(s_p.numpy(), torch.sigmoid((a[:, 0] - a[:, 1]) / 0.5).numpy(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s_p + s_g, torch.ones(4, 3))
+    # the model: z_p + z_g = z, and logits = h_p(z_p) + h_g(z_g) with the noise-free policy at evaluation
+    model = fedcp.CPModel(torch.nn.Flatten(), torch.nn.Linear(3, 2), tau=1.0)
+    with torch.no_grad():
+        model.ghead.weight.mul_(-2.0)
+    z = torch.randn(5, 3, generator=gen)
+    z_p, z_g = model.split(z)
+    torch.testing.assert_close(z_p + z_g, z)
+    c = model.head.weight.sum(0) / model.head.weight.sum(0).norm()  # the context: normalised column sums of W_p
+    s = torch.softmax(model.cs(z * c).view(5, 2, 3), dim=1)
+    torch.testing.assert_close(z_p, z * s[:, 0])
+    torch.testing.assert_close(model(z), model.head(z * s[:, 0]) + model.ghead(z * s[:, 1]))
+    # the authors' RBF MMD: 0 between a sample and itself; a hand value for two 1-d points at distance 2
+    assert float(fedcp.rbf_mmd(z, z)) == 0.0
+    x, y = torch.tensor([[0.0]]), torch.tensor([[2.0]])
+    expect = sum(2 - 2 * np.exp(-0.5 * 4 / a) for a in (10, 15, 20, 50))
+    assert abs(float(fedcp.rbf_mmd(x, y)) - expect) < 1e-5
+
+
+def test_fedcp_client_uploads_the_mixed_global_head_and_keeps_its_personal_head(tmp_path):
+    s = Setup(tmp_path, "fedcp")
+    a = s.algo
+    sent, u = s.train(4, 0, s.init)
+    vec = u.upload["model"]
+    personal = u.state["personal"]
+    np.testing.assert_array_equal(personal.size, a.head.sum())
+    assert not np.array_equal(personal, s.init[a.head])  # the personalized head trained
+    # the global head is frozen locally: its upload is 0.5 h_p(trained) + 0.5 h_g(received)
+    np.testing.assert_allclose(vec[a.ghead], 0.5 * personal + 0.5 * s.init[a.ghead], rtol=1e-6)
+    for name in ("cs.0.weight", "body.1.weight"):
+        assert not np.array_equal(s.part(vec, name), s.part(s.init, name))  # the CPN and the extractor trained
+    new = a.aggregate(s.init, [u])
+    np.testing.assert_array_equal(new[a.shared], vec[a.shared])
+    np.testing.assert_array_equal(new[a.head], s.init[a.head])  # h_p never reaches the server
+    # the same round again gives the same Gumbel draws (named stream), a different round different ones
+    again = s.train(4, 0, s.init)[1]
+    other = s.train(4, 1, s.init)[1]
+    np.testing.assert_array_equal(again.upload["model"], vec)
+    assert not np.array_equal(other.upload["model"], vec)
