@@ -5,9 +5,10 @@ store, on one worker and through a resume, and asks for identical numbers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from algorithms import pfedhn
+from algorithms import pfedhn, pfedla
 from algorithms.base import ClientJob
 from harness.engine.worker import Worker, build_algorithm
 from partitions import build_federated_dataset
@@ -106,6 +107,52 @@ def test_pfedhn_pc_keeps_the_classifier_on_the_client(tmp_path):
     personal = s.eval_vector(2, 1, new, u.state)
     np.testing.assert_array_equal(personal[head], u.state["personal"])  # the trained classifier, never sent
     assert not np.array_equal(u.state["personal"], s.init[head])
+
+
+# ----- pFedLA --------------------------------------------------------------------------------------------------------
+def test_pfedla_layer_weights_are_the_hypernetworks_normalised_output_and_learn_by_the_chain_rule(tmp_path):
+    s = Setup(tmp_path, "pfedla")
+    a, n = s.algo, s.data.num_clients
+    gen = np.random.default_rng(0)
+    pool_ids = np.array([1, 4, 7])
+    a.load_server_state({"pool_ids": pool_ids, "pool_models": (s.init + gen.normal(0, 0.1, (3, s.init.size)))
+                         .astype(np.float32)})
+    models = np.broadcast_to(s.init, (n, s.init.size)).copy()
+    models[pool_ids] = a.pool_models
+    sent, u = s.train(4, 2, s.init)
+    # alpha by hand: MLP with ReLUs, then ReLU(W^l f + b^l) normalised per layer over the N clients
+    hn = {k: v.astype(np.float64) for k, v in pfedla.unflatten(sent.state["hn"], a.layout).items()}
+    f = np.maximum(hn["w1"] @ hn["v"] + hn["b1"], 0)
+    f = np.maximum(hn["w2"] @ f + hn["b2"], 0)
+    f = np.maximum(hn["w3"] @ f + hn["b3"], 0)
+    o = np.maximum(np.einsum("lnh,h->ln", hn["wo"], f) + hn["bo"], 0)
+    alpha = o / o.sum(1, keepdims=True)
+    assert alpha.shape == (len(s.spec.layer_groups()), n) and (alpha > 0).all()
+    for group, w in zip(s.spec.layer_groups(), alpha, strict=True):  # thetabar^l = sum_j alpha^l_j theta_j^l
+        for slot in group:
+            np.testing.assert_allclose(sent.payload["model"][slot.start : slot.stop],
+                                       w @ models[:, slot.start : slot.stop], rtol=1e-4, atol=1e-6)
+    assert sent.note["self_weight"] == pytest.approx(alpha[:, 4].mean(), rel=1e-5)
+    # the update: HN_4 steps along (d thetabar / d HN_4)^T (thetabar - theta~), computed densely here
+    delta = u.upload["delta"]
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in pfedla.unflatten(sent.state["hn"], a.layout).items()}
+    w = pfedla.layer_weights(leaves, 4)
+    thetabar = torch.zeros(s.init.size, dtype=torch.float64)
+    for l, group in enumerate(s.spec.layer_groups()):
+        for slot in group:
+            thetabar[slot.start : slot.stop] = w[l].double() @ torch.tensor(models[:, slot.start : slot.stop],
+                                                                            dtype=torch.float64)
+    grads = torch.autograd.grad(thetabar, list(leaves.values()), grad_outputs=torch.tensor(delta, dtype=torch.float64))
+    expect = np.concatenate([(leaves[k].detach().double() - a.params.hn_lr * g).reshape(-1).numpy()
+                             for k, g in zip(leaves, grads, strict=True)])
+    a.aggregate(s.init, [u], {4: sent.note})
+    np.testing.assert_allclose(u.state["hn"], expect, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(u.state["hn"], sent.state["hn"], rtol=0, atol=1e-6)
+    # theta_4 takes the local update; it joins the pool the next dispatches aggregate from
+    np.testing.assert_allclose(u.state["model"], models[4] - delta, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(a.pool_ids, [1, 4, 7])
+    np.testing.assert_array_equal(a.pool_models[1], u.state["model"])
+    np.testing.assert_array_equal(s.eval_vector(4, 3, s.init, u.state), u.state["model"])
 
 
 def test_pfedhn_end_to_end_identical_everywhere(tmp_path, actors):
