@@ -3,10 +3,13 @@ mechanism is broken, not only when the code crashes)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
-from algorithms import fedcp, fedpac
+from algorithms import apple, fedcp, fedpac
 from tests.test_hypernet_family import Setup
 
 
@@ -136,3 +139,44 @@ def test_fedcp_client_uploads_the_mixed_global_head_and_keeps_its_personal_head(
     other = s.train(4, 1, s.init)[1]
     np.testing.assert_array_equal(again.upload["model"], vec)
     assert not np.array_equal(other.upload["model"], vec)
+
+
+# ----- APPLE ---------------------------------------------------------------------------------------------------------
+def test_apple_loss_scheduler_follows_its_shapes():
+    assert [apple.reg_coef(0.1, "cosine", 4, r) for r in range(6)] == pytest.approx(
+        [0.1, 0.1 * (math.cos(math.pi / 4) + 1) / 2, 0.05, 0.1 * (math.cos(3 * math.pi / 4) + 1) / 2, 0.0, 0.0])
+    assert [apple.reg_coef(0.1, "exponential", 4, r) for r in range(6)] == pytest.approx(
+        [0.1, 0.1 * 0.001**0.25, 0.1 * 0.001**0.5, 0.1 * 0.001**0.75, 0.0, 0.0])
+    assert apple.reg_coef(0.0, "cosine", 4, 0) == 0.0
+
+
+def test_apple_personal_model_is_the_dr_weighted_sum_of_cores_and_the_prox_term_pulls_p_to_the_shares(tmp_path):
+    s = Setup(tmp_path, "apple", "algorithm.dr_lr=0.05")
+    a, n = s.algo, s.data.num_clients
+    gen = np.random.default_rng(0)
+    a.load_server_state({"pool_ids": np.array([0, 2, 6]),
+                         "pool_models": (s.init + gen.normal(0, 0.1, (3, s.init.size))).astype(np.float32)})
+    cores = a.cores(s.init)
+    shares = np.array([len(s.data.train_of(j)) for j in range(n)], dtype=np.float64)
+    shares /= shares.sum()
+    sent, u = s.train(2, 0, s.init)
+    np.testing.assert_array_equal(sent.payload["cores"], cores)
+    assert sent.note["reg_coef"] == pytest.approx(0.1)
+    p = u.state["p"]
+    assert p.shape == (n,) and not np.allclose(p, shares, atol=1e-7)  # the DR vector learned from the start p0
+    final = cores.copy()
+    final[2] = u.upload["model"]  # only the client's own core trained
+    assert not np.array_equal(u.upload["model"], cores[2])
+    np.testing.assert_allclose(u.state["personal"], p.astype(np.float64) @ final.astype(np.float64), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(s.eval_vector(2, 1, s.init, u.state), u.state["personal"])
+    a.aggregate(s.init, [u], {2: sent.note})
+    np.testing.assert_array_equal(a.cores(s.init)[2], u.upload["model"])
+    # a much larger proximal coefficient keeps p closer to the shares (round 0: mu_0 = mu)
+    far = Setup(tmp_path / "mu0", "apple", "algorithm.dr_lr=0.05", "algorithm.mu=0")
+    near = Setup(tmp_path / "mu5", "apple", "algorithm.dr_lr=0.05", "algorithm.mu=5")
+    gaps = []
+    for t in (far, near):
+        t.algo.load_server_state(a.server_state())
+        gaps.append(np.linalg.norm(t.train(2, 0, s.init)[1].state["p"] - shares))
+    assert gaps[1] < 0.8 * gaps[0]
