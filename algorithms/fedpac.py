@@ -54,7 +54,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 from torch import nn
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Notes, Params
 from algorithms.fedproto import Prototypes, prototype_loss
 from algorithms.fedrep import mask_names
 from algorithms.registry import register
@@ -159,9 +159,6 @@ class FedPAC(Algorithm):
         return vec[m.start : m.stop].reshape(m.shape), vec[k.start : k.stop] > 0
 
     # ----- server side ----------------------------------------------------------------------------------------------
-    def server_prepare(self, cid: int, round: int, global_vec: np.ndarray, state: State) -> Dispatch:
-        return Dispatch({"model": global_vec}, state)
-
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
         if not updates:
             return global_vec
@@ -185,9 +182,6 @@ class FedPAC(Algorithm):
             alpha = combination_weights(qp_matrix(i, h, v), self.params.min_weight, i)
             u.state = {**u.state, "personal": (alpha @ heads).astype(np.float32)}
         return new
-
-    def bytes_down(self, payload: State) -> int:
-        return 4 * int(self.shared.sum())
 
     def bytes_up(self, update: ClientUpdate) -> int:
         """The model (without the prototype buffers), prototypes + counts (C x (d + 1)), h_i (C x d) and v_i."""

@@ -81,17 +81,29 @@ def layer_weights(hn: dict, own: int) -> torch.Tensor:
     return torch.where(total > 0, o / torch.where(total > 0, total, torch.ones_like(total)), fallback)
 
 
-def aggregate_layers(alpha: np.ndarray, models: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
-    """thetabar^l = sum_j alpha[l, j] models[j]^l, for each layer's element index; float64 sums, float32 out."""
-    out = np.empty(models.shape[1], dtype=np.float32)
-    for l, idx in enumerate(groups):
-        out[idx] = (alpha[l].astype(np.float64) @ models[:, idx].astype(np.float64)).astype(np.float32)
+def aggregate_layers(alpha: np.ndarray, ids: np.ndarray, models: np.ndarray, base: np.ndarray,
+                     groups: list[np.ndarray]) -> np.ndarray:
+    """thetabar^l = sum_j alpha[l, j] theta_j^l, where theta_j = models[k] for j = ids[k] and `base` (the initial
+    model) for every other client: sum over the pool plus (their alphas' sum) x base. float64 sums, float32 out."""
+    rest = np.ones(alpha.shape[1], dtype=bool)
+    rest[ids] = False
+    out = np.empty(base.shape[0], dtype=np.float32)
+    for layer, idx in enumerate(groups):
+        a = alpha[layer].astype(np.float64)
+        out[idx] = (a[ids] @ models[:, idx].astype(np.float64) + a[rest].sum() * base[idx].astype(np.float64)
+                    ).astype(np.float32)
     return out
 
 
-def alpha_gradient(models: np.ndarray, delta: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
-    """d(thetabar . delta) / d alpha[l, j] = models[j]^l . delta^l (L x N): the chain rule's first factor."""
-    return np.stack([models[:, idx].astype(np.float64) @ delta[idx].astype(np.float64) for idx in groups])
+def alpha_gradient(ids: np.ndarray, models: np.ndarray, base: np.ndarray, delta: np.ndarray, groups: list[np.ndarray],
+                   n: int) -> np.ndarray:
+    """d(thetabar . delta) / d alpha[l, j] = theta_j^l . delta^l (L x N): the chain rule's first factor."""
+    out = np.empty((len(groups), n), dtype=np.float64)
+    for layer, idx in enumerate(groups):
+        d = delta[idx].astype(np.float64)
+        out[layer, :] = base[idx].astype(np.float64) @ d
+        out[layer, ids] = models[:, idx].astype(np.float64) @ d
+    return out
 
 
 @register
@@ -128,11 +140,10 @@ class PFedLA(Algorithm):
                 parts.append(gen.uniform(-bound, bound, shape))
         return np.concatenate([p.reshape(-1) for p in parts]).astype(np.float32)
 
-    def models(self, global_vec: np.ndarray) -> np.ndarray:
-        """Every client's personalized model (N x d): its own where it has one, the initial model elsewhere."""
-        out = np.broadcast_to(global_vec, (self.ctx.num_clients, self.spec.size)).copy()
-        out[self.pool_ids] = self.pool_models
-        return out
+    def model_of(self, cid: int, global_vec: np.ndarray) -> np.ndarray:
+        """theta_cid: its own model where it has one, the initial model (the global vector) otherwise."""
+        k = np.searchsorted(self.pool_ids, cid)
+        return self.pool_models[k] if k < len(self.pool_ids) and self.pool_ids[k] == cid else global_vec
 
     def alpha_of(self, hn_vec: np.ndarray, cid: int, grad: bool = False):
         hn = {k: torch.tensor(v, requires_grad=grad) for k, v in unflatten(hn_vec, self.layout).items()}
@@ -146,28 +157,29 @@ class PFedLA(Algorithm):
             state = {**state, "hn": hn_vec}
         with torch.no_grad():
             alpha = self.alpha_of(hn_vec, cid)[1].numpy()
-        model = aggregate_layers(alpha, self.models(global_vec), self.groups)
+        model = aggregate_layers(alpha, self.pool_ids, self.pool_models, global_vec, self.groups)
         return Dispatch({"model": model}, state, {"self_weight": float(alpha[:, cid].mean())})
 
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
         if not updates:
             return global_vec
-        models = self.models(global_vec)  # as at dispatch
-        pool = dict(zip(self.pool_ids.tolist(), self.pool_models, strict=True))
+        ids, models = self.pool_ids, self.pool_models  # as at dispatch
+        pool = dict(zip(ids.tolist(), models, strict=True))
         for u in sorted(updates, key=lambda u: u.cid):
             delta = u.upload["delta"]
             hn, alpha = self.alpha_of(u.state["hn"], u.cid, grad=True)
-            g_alpha = torch.as_tensor(alpha_gradient(models, delta, self.groups), dtype=alpha.dtype)
+            g_alpha = torch.as_tensor(alpha_gradient(ids, models, global_vec, delta, self.groups, self.ctx.num_clients),
+                                      dtype=alpha.dtype)
             names = [n for n, _ in self.layout]
             grads = torch.autograd.grad(alpha, [hn[n] for n in names], grad_outputs=g_alpha, allow_unused=True)
             new_hn = np.concatenate([(hn[n].detach() - self.params.hn_lr * (g if g is not None else 0.0)).reshape(-1)
                                      .numpy() for n, g in zip(names, grads, strict=True)]).astype(np.float32)
-            theta = (models[u.cid] - delta).astype(np.float32)
+            theta = (self.model_of(u.cid, global_vec) - delta).astype(np.float32)
             pool[u.cid] = theta
             u.state = {**u.state, "hn": new_hn, "model": theta}  # committed with the round
-        ids = sorted(pool)
-        self.pool_ids = np.array(ids, dtype=np.int64)
-        self.pool_models = np.stack([pool[j] for j in ids]).astype(np.float32)
+        order = sorted(pool)
+        self.pool_ids = np.array(order, dtype=np.int64)
+        self.pool_models = np.stack([pool[j] for j in order]).astype(np.float32)
         return global_vec
 
     def server_state(self) -> State:

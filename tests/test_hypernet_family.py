@@ -138,9 +138,9 @@ def test_pfedla_layer_weights_are_the_hypernetworks_normalised_output_and_learn_
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in pfedla.unflatten(sent.state["hn"], a.layout).items()}
     w = pfedla.layer_weights(leaves, 4)
     thetabar = torch.zeros(s.init.size, dtype=torch.float64)
-    for l, group in enumerate(s.spec.layer_groups()):
+    for layer, group in enumerate(s.spec.layer_groups()):
         for slot in group:
-            thetabar[slot.start : slot.stop] = w[l].double() @ torch.tensor(models[:, slot.start : slot.stop],
+            thetabar[slot.start : slot.stop] = w[layer].double() @ torch.tensor(models[:, slot.start : slot.stop],
                                                                             dtype=torch.float64)
     grads = torch.autograd.grad(thetabar, list(leaves.values()), grad_outputs=torch.tensor(delta, dtype=torch.float64))
     expect = np.concatenate([(leaves[k].detach().double() - a.params.hn_lr * g).reshape(-1).numpy()
