@@ -80,8 +80,7 @@ def personal_model(p: np.ndarray, cores: np.ndarray) -> np.ndarray:
 
 @register
 class APPLE(Algorithm):
-    """APPLE: personalized model = DR-weighted sum of all clients' core models; DR vectors learned with a decaying
-    proximal term towards the data shares."""
+    """APPLE: personalized model = DR-weighted sum of all clients' cores; DR vectors with a decaying proximal term."""
 
     name = "apple"
     Params = APPLEParams
