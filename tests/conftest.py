@@ -61,6 +61,23 @@ def small_config(tmp_path, *overrides: str, **fields):
     return load_config(base, list(overrides))
 
 
+
+class OneWorker:
+    """One algorithm on digits with one in-process worker (model + trainer), the algorithm instance the worker
+    holds and the run's initial global vector: the client side of a mechanism test, without an engine."""
+
+    def __init__(self, tmp_path, algo: str, *overrides: str, data=None):
+        from harness.engine.worker import Worker, build_algorithm
+        from partitions import build_federated_dataset
+
+        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
+        self.data = data if data is not None else build_federated_dataset(self.cfg.data, self.cfg.partition,
+                                                                          self.cfg.seed)
+        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
+        self.algo, self.trainer, self.spec = self.worker.algo, self.worker.trainer, self.worker.algo.spec
+        _, _, self.init = build_algorithm(self.cfg, self.data)
+        self.batch = self.cfg.train.batch_size
+
 #: What an algorithm needs beyond small_config to run on digits at all: FedBN keeps the BatchNorm layers
 #: personal and refuses a model without them.
 NEEDS_ON_DIGITS: dict[str, tuple[str, ...]] = {"fedbn": ("model.options.batchnorm=true",)}

@@ -17,22 +17,15 @@ import torch.nn.functional as F
 from algorithms import registry
 from algorithms.base import ClientJob
 from harness.engine import resume, run
-from harness.engine.worker import Worker, build_algorithm
-from partitions import build_federated_dataset
-from tests.conftest import FAST_LEARNING, metrics_history, small_config
+from tests.conftest import FAST_LEARNING, OneWorker, metrics_history, small_config
 
 
 # ----- helpers -------------------------------------------------------------------------------
-class Setup:
+class Setup(OneWorker):
     """One algorithm, one in-process worker (model + trainer) and the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo = self.worker.algo
-        self.spec = self.algo.spec
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, *overrides)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None,
               max_steps: int | None = None):

@@ -19,12 +19,10 @@ from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.elastic import Elastic, ElasticParams, elastic_coefficients
 from algorithms.fedopt import FedAvgM, FedAvgMParams
-from harness.engine.worker import Worker, build_algorithm
-from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.rng import rng
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, runs_everywhere, small_config
+from tests.conftest import OneWorker, metrics_history, runs_everywhere
 
 
 def tiny(**params) -> Elastic:
@@ -87,13 +85,9 @@ def test_unit_coefficients_are_fedavgm_without_momentum_bit_for_bit():
 
 
 # ----- client side --------------------------------------------------------------------------------------------------
-class Setup:
+class Setup(OneWorker):
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", "model.options.hidden=4", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer = self.worker.algo, self.worker.trainer
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, "model.options.hidden=4", *overrides)
 
     def train(self, cid, vec, state=None, max_steps=None) -> ClientUpdate:
         return self.worker.train([ClientJob(cid, 0, {"model": vec}, dict(state or {}), max_steps)])[0]

@@ -18,12 +18,10 @@ from algorithms.fedcac import FedCAC, FedCACParams, collaboration_threshold, col
 from algorithms.feddpa import fisher_sums, personal_mask, tensor_distance
 from algorithms.fedselect import FedSelect, FedSelectParams, grow_mask, unpack
 from harness.engine import resume, run
-from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
-from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, small_config
+from tests.conftest import OneWorker, metrics_history, small_config
 
 NAMES = ("feddpa", "fedcac", "fedselect")
 # mlp((1,4,4), 3, hidden=5): body.1 (80 + 5), body.3 (25 + 5), head (15 + 3) = 133 elements
@@ -37,15 +35,11 @@ def tiny(cls, params_cls, **params):
     return cls(params_cls(**params), ctx)
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on digits with one in-process worker (model + trainer) and the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer, self.spec = self.worker.algo, self.worker.trainer, self.worker.algo.spec
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, *overrides)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None, notes: dict | None = None):
         sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))

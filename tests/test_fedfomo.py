@@ -16,24 +16,18 @@ from algorithms import registry
 from algorithms.base import AlgoContext, ClientJob, ClientUpdate
 from algorithms.fedfomo import FedFomo, FedFomoParams, add_to_row, egreedy_select, epsilon_at, fomo_update, fomo_weights
 from harness.engine import run
-from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
-from partitions import build_federated_dataset
 from protocol.params import ParamSpec, vector_to_model
 from protocol.rng import rng
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, runs_everywhere, small_config
+from tests.conftest import OneWorker, metrics_history, runs_everywhere, small_config
 
 
-class Setup:
+class Setup(OneWorker):
     """FedFomo on digits (a tiny MLP) with one in-process worker and the initial global vector."""
 
     def __init__(self, tmp_path, *overrides: str):
-        self.cfg = small_config(tmp_path, "algorithm.name=fedfomo", "model.options.hidden=4", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer = self.worker.algo, self.worker.trainer
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, "fedfomo", "model.options.hidden=4", *overrides)
 
     def loss(self, vec: np.ndarray, index: np.ndarray) -> float:
         """Mean cross-entropy of `vec` on `index`, computed here (not through the algorithm)."""

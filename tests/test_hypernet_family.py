@@ -10,21 +10,15 @@ import torch
 
 from algorithms import pfedhn, pfedla
 from algorithms.base import ClientJob
-from harness.engine.worker import Worker, build_algorithm
-from partitions import build_federated_dataset
 from protocol.rng import rng
-from tests.conftest import metrics_history, runs_everywhere, small_config
+from tests.conftest import OneWorker, metrics_history, runs_everywhere
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on one in-process worker, the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer, self.spec = self.worker.algo, self.worker.trainer, self.worker.algo.spec
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, *overrides)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None):
         sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))

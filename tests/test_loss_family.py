@@ -16,20 +16,14 @@ from algorithms import fedlc, fedntd, fedproto, moon
 from algorithms.base import ClientJob, ClientUpdate
 from algorithms.functional import frozen_forward
 from harness.engine import resume, run
-from harness.engine.worker import Worker, build_algorithm
-from partitions import build_federated_dataset
-from tests.conftest import metrics_history, small_config
+from tests.conftest import OneWorker, metrics_history, small_config
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on one in-process worker (model + trainer) and the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer, self.spec = self.worker.algo, self.worker.trainer, self.worker.algo.spec
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, *overrides)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None, max_steps=None):
         sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))

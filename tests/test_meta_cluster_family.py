@@ -23,27 +23,21 @@ from algorithms.pfedme import inner_step, moreau_step, server_mix, solve_inner
 from harness.engine import resume, run
 from harness.engine.executor import ActorCache, make_executor
 from harness.engine.training import LocalTrainer
-from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
 from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.rng import rng
 from protocol.specs import TrainSpec
-from tests.conftest import metrics_history, small_config
+from tests.conftest import OneWorker, metrics_history, small_config
 
 NAMES = ("perfedavg_fo", "perfedavg_hf", "pfedme", "ifca", "fedamp")
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on digits (a tiny MLP) with one in-process worker and the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", "model.options.hidden=4", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer = self.worker.algo, self.worker.trainer
-        _, _, self.init = build_algorithm(self.cfg, self.data)
-        self.batch = self.cfg.train.batch_size
+        super().__init__(tmp_path, algo, "model.options.hidden=4", *overrides)
 
     def client_with(self, batches: int) -> int:
         return next(c for c in range(self.data.num_clients) if len(self.data.train_of(c)) >= batches * self.batch)

@@ -12,20 +12,14 @@ import torch.nn.functional as F
 from algorithms.base import ClientJob, ClientUpdate
 from algorithms.fedem import responsibilities
 from algorithms.knnper import choose_lambda, interpolate, knn_probs
-from harness.engine.worker import Worker, build_algorithm
-from partitions import build_federated_dataset
-from tests.conftest import runs_everywhere, small_config
+from tests.conftest import OneWorker, runs_everywhere
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on digits (a tiny MLP) with one in-process worker and the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", "model.options.hidden=4", *overrides)
-        self.data = build_federated_dataset(self.cfg.data, self.cfg.partition, self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer = self.worker.algo, self.worker.trainer
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, "model.options.hidden=4", *overrides)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state=None) -> ClientUpdate:
         sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))

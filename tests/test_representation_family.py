@@ -16,24 +16,17 @@ from algorithms import floco, flute, pfedfda
 from algorithms.base import AlgoContext, ClientJob
 from harness.engine import resume, run
 from harness.engine.store import DiskStore
-from harness.engine.worker import Worker, build_algorithm
 from harness.models import build_model
-from partitions import build_federated_dataset
 from protocol.params import ParamSpec
 from protocol.rng import rng
-from tests.conftest import metrics_history, small_config
+from tests.conftest import OneWorker, metrics_history, small_config
 
 
-class Setup:
+class Setup(OneWorker):
     """One algorithm on one in-process worker (model + trainer), the initial global vector."""
 
     def __init__(self, tmp_path, algo: str, *overrides: str, data=None):
-        self.cfg = small_config(tmp_path, f"algorithm.name={algo}", *overrides)
-        self.data = data if data is not None else build_federated_dataset(self.cfg.data, self.cfg.partition,
-                                                                          self.cfg.seed)
-        self.worker = Worker(self.cfg.model_dump(mode="json"), self.data)
-        self.algo, self.trainer, self.spec = self.worker.algo, self.worker.trainer, self.worker.algo.spec
-        _, _, self.init = build_algorithm(self.cfg, self.data)
+        super().__init__(tmp_path, algo, *overrides, data=data)
 
     def train(self, cid: int, rnd: int, global_vec: np.ndarray, state: dict | None = None, max_steps=None):
         sent = self.algo.server_prepare(cid, rnd, global_vec, dict(state or {}))
