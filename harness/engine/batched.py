@@ -137,8 +137,8 @@ class CohortTrainer:
         coef = torch.tensor([ph.coef if ph.coef > 0 else 0.0 for ph in phases], dtype=torch.float32, device=dev)
         anchors = None
         if any(ph.coef > 0 for ph in phases):
-            anchors = self._unstack(torch.from_numpy(np.stack(
-                [ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev))
+            anchors = {k: v.detach() for k, v in self._unstack(torch.from_numpy(np.stack(
+                [ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)).items()}
         bufs = {k: torch.zeros_like(v) for k, v in params.items()} if spec.momentum > 0 else None
         alive = torch.ones(c, dtype=torch.bool, device=dev)
         steps = torch.zeros(c, dtype=torch.int64, device=dev)
@@ -157,7 +157,7 @@ class CohortTrainer:
             x, y = x.view(c, bs, *x.shape[1:]), y.view(c, bs)
             m = torch.from_numpy(mask).to(dev)
             counts = m.sum(1)
-            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            leaves = params
             logits = self._forward(leaves, x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(c, bs)
             loss = (ce * m).sum(1) / counts.clamp(min=1)
@@ -167,30 +167,49 @@ class CohortTrainer:
             ok = torch.isfinite(loss.detach())
             stepping = has_batch & ok  # a NaN/inf stops the client before its step, as record_loss does
             alive = alive & ~(has_batch & ~ok)
-            grads = torch.autograd.grad(torch.where(stepping, loss, torch.zeros_like(loss)).sum(),
-                                        list(leaves.values()))
+            grads = list(torch.autograd.grad(torch.where(stepping, loss, torch.zeros_like(loss)).sum(),
+                                             list(leaves.values())))
             with torch.no_grad():
-                for (k, w), g in zip(leaves.items(), grads, strict=True):
-                    w = w.detach()
-                    go = stepping.view(c, *([1] * (w.dim() - 1)))
-                    if spec.weight_decay:
-                        g = g.add(w, alpha=spec.weight_decay)
-                    if bufs is not None:
-                        buf = bufs[k].mul(spec.momentum).add_(g)
-                        bufs[k] = torch.where(go, buf, bufs[k])
-                        g = buf
-                    params[k] = torch.where(go, w.add(g, alpha=-spec.lr), w)
+                # every client steps (the common case; one sync, free on the CPU): torch.optim.SGD's in-place
+                # foreach arithmetic on the stacked tensors; else only the stepping clients move
+                every = bool(mask[:, 0].all()) and bool(stepping.all())
+                self._sgd(list(params.values()), grads, bufs, None if every else stepping)
                 loss_sum += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum))
                 steps += stepping.long()
                 samples += torch.where(stepping, counts, torch.zeros_like(counts)).long()
-        vecs = torch.cat([params[s.name].reshape(c, -1) for s in self.slots], 1).cpu().numpy()
+        vecs = torch.cat([params[s.name].detach().reshape(c, -1) for s in self.slots], 1).cpu().numpy()
         steps_h, samples_h, sums_h = steps.cpu().numpy(), samples.cpu().numpy(), loss_sum.cpu().numpy()
         used += steps_h
         finite &= alive.cpu().numpy()
         return vecs, [PhaseStats(int(steps_h[i]), int(samples_h[i]), float(sums_h[i]), int(steps_h[i]))
                       for i in range(c)]
 
+    def _sgd(self, ws: list[torch.Tensor], grads: list[torch.Tensor], bufs: dict | None,
+             stepping: torch.Tensor | None) -> None:
+        """torch.optim.SGD's step (dampening 0, no Nesterov) on stacked weights, in place; with `stepping`, only
+        on those clients (the others keep weights and momentum buffers bit for bit)."""
+        spec = self.t.train_spec
+        bl = list(bufs.values()) if bufs is not None else None
+        if stepping is None:
+            if spec.weight_decay:
+                torch._foreach_add_(grads, ws, alpha=spec.weight_decay)
+            if bl is not None:
+                torch._foreach_mul_(bl, spec.momentum)
+                torch._foreach_add_(bl, grads)
+                grads = bl
+            torch._foreach_add_(ws, grads, alpha=-spec.lr)
+            return
+        for i, (w, g) in enumerate(zip(ws, grads, strict=True)):
+            go = stepping.view(-1, *([1] * (w.dim() - 1)))
+            if spec.weight_decay:
+                g = g.add(w, alpha=spec.weight_decay)
+            if bl is not None:
+                buf = bl[i].mul(spec.momentum).add_(g)
+                bl[i].copy_(torch.where(go, buf, bl[i]))
+                g = buf
+            w.copy_(torch.where(go, w.add(g, alpha=-spec.lr), w))
+
     def _unstack(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
         """(C, size) flat vectors -> {name: (C, *shape)} tensors."""
         c = stacked.shape[0]
-        return {s.name: stacked[:, s.start : s.stop].reshape(c, *s.shape).clone() for s in self.slots}
+        return {s.name: stacked[:, s.start : s.stop].reshape(c, *s.shape).clone().requires_grad_() for s in self.slots}
