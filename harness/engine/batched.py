@@ -15,6 +15,18 @@ The numbers equal the one-by-one path's to float tolerance (the batched matmuls 
 not bit for bit; tests/test_batched.py states the tolerance. Cohort membership is decided by the driver
 from the round's sample alone (rounds.cohorts), never by worker, so the floats do not depend on the
 worker count. Which runs use it: `decide` (train.batched auto | on | off).
+
+Algorithms opt in (`Algorithm.batchable`) when their client side is `run_phases` over `local_phases`: plain
+SGD phases, each from a start model, optionally with a proximal term. In: FedAvg and every algorithm with
+FedAvg's client side (FedAvgM, FedAdam/FedAdagrad/FedYogi, FedMedian/FedTrimmedAvg/Krum, DP-FedAvg, FedNova,
+FedOBP, FedCAC: all of their differences run on the server or on the trained result), FedProx and FedAMP
+(proximal term), FedPer, LG-FedAvg and pFedSim (joint training from the global shared part + their own
+personal part), Local, Ditto (two phases, the second proximal).
+Out, each for a reason the phase declaration cannot express yet: tensors frozen per phase (FedRep, FedBABU),
+a gradient hook, projection or linear term (SCAFFOLD, FedDyn, FedSelect, Floco), a loss of their own or extra
+model passes (MOON, FedProto, FedNTD, FedLC, FedRoD, pFedFDA, FLUTE, FedDPA, q-FFL's loss evaluation, IFCA's
+cluster choice), custom loops or inner optimisers (APFL, FedALA, pFedMe, Per-FedAvg, FedFomo, Elastic, CFL), and
+BatchNorm statistics (FedBN: no model with buffers or dropout trains batched).
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ def unsupported(algo, model: nn.Module, optimizer: str) -> str | None:
     """Why this run cannot train batched (None: it can)."""
     if not opts_in(type(algo)):
         return (f"{algo.name} does not opt in (its local step is not plain SGD phases: Algorithm.batchable, "
-                f"docs/scale.md)")
+                f"harness/engine/batched.py)")
     if optimizer != "sgd":
         return f"train.optimizer={optimizer} (batched training implements SGD with momentum)"
     if any(True for _ in model.buffers()):
