@@ -72,7 +72,7 @@ def leftovers(session: str) -> list[str]:
     return out
 
 
-COLUMNS = [("repeat", "repeat"), ("import_s", "imports s"), ("parts_s", "data + algorithm s"),
+COLUMNS = [("repeat", "repeat"), ("code", "code"), ("import_s", "imports s"), ("parts_s", "data + algorithm s"),
            ("ray_init_s", "ray.init s"), ("actors_s", "actors s"), ("to_first_round_s", "command to first round s"),
            ("first_round_s", "first round (train + eval) s"), ("left_after_10s", "Ray processes left after 10 s")]
 
@@ -82,22 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(common.RESULTS))
+    ap.add_argument("--compare", default=None, help="another checkout of the project (e.g. ../main): its engine is "
+                    "timed too, alternating with this one's, same spec")
     args = ap.parse_args(argv)
     spec = str(common.ROOT / "runs" / "quickstart.yaml")
+    roots = [common.ROOT] + ([Path(args.compare).resolve()] if args.compare else [])
     rows = []
-    for rep in range(args.repeats):
+    for rep, root in ((r, root) for r in range(args.repeats) for root in roots):
         overrides = ["rounds=1", "tracking.enabled=false", f"workers.num_workers={args.workers}",
                      f"checkpoint_dir={common.ROOT / '.fedharness' / 'bench-startup'}"]
-        env = dict(os.environ, PYTHONPATH=str(common.ROOT))
+        env = dict(os.environ, PYTHONPATH=str(root))
         proc = subprocess.run([sys.executable, "-c", CHILD, spec, *overrides], capture_output=True, text=True,
-                              cwd=common.ROOT, env=env, timeout=600)
+                              cwd=root, env=env, timeout=600)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         time.sleep(10)
         left = leftovers(got.get("session") or "")
-        rows.append({"repeat": rep + 1, **got, "left_after_10s": len(left), "left": left})
+        rows.append({"repeat": rep + 1, "code": str(root), **got, "left_after_10s": len(left), "left": left})
         common.print_table(f"repeat {rep + 1}", rows[-1:], COLUMNS)
     notes = ["quickstart spec (digits, 50 clients, MLP), 1 round, Ray with the given workers x 1 CPU, tracking off; "
              "each repetition a fresh process; the first round includes the evaluation of every client."]
