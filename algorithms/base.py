@@ -24,15 +24,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from protocol.messages import ClientJob, ClientUpdate, Dispatch, State
+from protocol.trainer import Phase
 
 if TYPE_CHECKING:
     from torch import nn
 
     from protocol.params import ParamSpec
     from protocol.specs import TrainSpec
-    from protocol.trainer import Trainer
+    from protocol.trainer import PhaseStats, Trainer
 
-__all__ = ["AlgoContext", "Algorithm", "ClientJob", "ClientUpdate", "Dispatch", "Notes", "Params", "State"]
+__all__ = ["AlgoContext", "Algorithm", "ClientJob", "ClientUpdate", "Dispatch", "Notes", "Params", "Phase", "State"]
 
 #: this round's server-side notes, by client id (what each `server_prepare` returned as Dispatch.note)
 Notes = dict[int, dict]
@@ -65,6 +66,11 @@ class Algorithm:
     #: True for algorithms that split the model into a shared and a personal part (FedPer, FedRep, LG-FedAvg,
     #: FedBABU): a model whose split leaves either part empty is refused with a clear error
     needs_split: ClassVar[bool] = False
+    #: True where `local_update` is exactly `run_phases` (plain SGD phases, optionally with a proximal term):
+    #: the engine may then train a cohort of clients in one vectorised computation (train.batched). An
+    #: algorithm whose local step is anything else (its own loss, hooks, frozen tensors, a custom loop) leaves
+    #: it False and always trains one client at a time.
+    batchable: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: AlgoContext):
         self.params = params
@@ -138,9 +144,28 @@ class Algorithm:
     def local_update(self, job: ClientJob, trainer: Trainer) -> ClientUpdate:
         """Default: FedAvg's E epochs of SGD from the received model; upload the result (the trainer API,
         protocol.trainer, is all an algorithm may use of the worker)."""
-        trainer.set_vector(job.payload["model"])
-        trainer.train(job)
-        return trainer.update(job, upload={"model": trainer.get_vector()}, state=job.state)
+        return self.run_phases(job, trainer)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        """The client's local training as plain SGD phases (read by `run_phases` and, for a `batchable`
+        algorithm, by the engine's batched training). Default: FedAvg's, one phase from the received model."""
+        return [Phase(job.payload["model"])]
+
+    def local_result(self, job: ClientJob, trained: list[np.ndarray], stats: list[PhaseStats],
+                     trainer: Trainer) -> ClientUpdate:
+        """The ClientUpdate from each phase's trained model and work (`trainer.update` reads the client's
+        counters). Default: upload the trained model, keep the state as received."""
+        return trainer.update(job, upload={"model": trained[-1]}, state=job.state)
+
+    def run_phases(self, job: ClientJob, trainer: Trainer) -> ClientUpdate:
+        """`local_phases` run one by one: each phase from its start model, then `local_result`."""
+        trained, stats = [], []
+        for phase in self.local_phases(job):
+            trainer.set_vector(phase.start)
+            extra = trainer.proximal(phase.anchor, phase.coef) if phase.coef > 0 else None
+            stats.append(trainer.train(job, epochs=phase.epochs, extra_loss=extra, purpose=phase.purpose))
+            trained.append(trainer.get_vector())
+        return self.local_result(job, trained, stats, trainer)
 
     def eval_vector(self, job: ClientJob, trainer: Trainer) -> np.ndarray:
         """The client's personalized model, built from the current global model (job.payload['model'])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, Phase
 from algorithms.registry import register
 
 
@@ -42,22 +42,26 @@ class Ditto(Algorithm):
     Params = DittoParams
     source = "Li et al. 2021; lambda=1 from litian96/ditto run scripts; personal steps = global steps (authors' code)"
 
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+    batchable = True  # two plain SGD phases, the second with a proximal term: both vectorise
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
         global_vec = job.payload["model"]
-        # 1. the global update: plain FedAvg local training from w^t
-        trainer.set_vector(global_vec)
-        g = trainer.train(job)
-        upload = trainer.get_vector()
-        # 2. the personal update: F_k(v) + lambda/2 ||v - w^t||^2, from the stored v_k
-        lam = self.params.lam
-        prox = trainer.proximal(global_vec, lam) if lam > 0 else None
-        trainer.set_vector(job.state.get("v", global_vec))
         epochs = self.ctx.train.local_epochs if self.params.personal_epochs is None else self.params.personal_epochs
-        p = trainer.train(job, epochs=epochs, extra_loss=prox, purpose="ditto-personal")
-        personal = trainer.get_vector()
+        return [
+            Phase(global_vec),  # 1. the global update: plain FedAvg local training from w^t
+            # 2. the personal update: F_k(v) + lambda/2 ||v - w^t||^2, from the stored v_k
+            Phase(job.state.get("v", global_vec), epochs=epochs, purpose="ditto-personal", anchor=global_vec,
+                  coef=self.params.lam),
+        ]
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        (upload, personal), (g, p) = trained, stats
         # train_loss reports the global model, as FedAvg's
         return trainer.update(job, upload={"model": upload}, state={"v": personal}, loss=g.mean_loss,
                               personal_loss=p.mean_loss, global_steps=float(g.steps), personal_steps=float(p.steps))
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.state.get("v", job.payload["model"])

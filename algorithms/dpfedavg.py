@@ -44,6 +44,7 @@ class DPFedAvg(Algorithm):
     """DP-FedAvg: FedAvg with each client update clipped to norm S and Gaussian noise z*S/|S_t| on the mean."""
 
     name = "dpfedavg"
+    batchable = True  # FedAvg's client side (the default local_update): vectorises (train.batched)
     Params = DPFedAvgParams
     source = "McMahan et al. 2018 (flat clipping, equal weights, z 1); S 1.0 this harness's choice; no accountant"
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, Phase, State
 from algorithms.pool import ModelPool
 from algorithms.registry import register
 
@@ -100,6 +100,7 @@ class FedAMP(Algorithm):
     """FedAMP: per-client cloud models u_i = sum_j xi_ij w_j by attention on model distances; proximal local steps."""
 
     name = "fedamp"
+    batchable = True  # one SGD phase with a proximal term to u_k: vectorises (train.batched)
     Params = FedAMPParams
     has_global_model = False
     source = ("Huang et al. 2021 (attention A(x) = 1 - exp(-x/sigma), proximal lam/alpha_k); lam 1, alpha_k 1, sigma "
@@ -147,12 +148,15 @@ class FedAMP(Algorithm):
                 "fedamp_peers_mean": float(np.mean([notes[c]["peers"] for c in notes]))}
 
     # ----- client side ----------------------------------------------------------------------------------------------
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+    def local_phases(self, job: ClientJob) -> list[Phase]:
         u = job.payload["model"]
-        trainer.set_vector(job.state.get("w", u))
-        trainer.train(job, extra_loss=trainer.proximal(u, self.params.lam / self.params.alpha_k))
-        w = trainer.get_vector()
-        return trainer.update(job, upload={"model": w}, state={"w": w})
+        return [Phase(job.state.get("w", u), anchor=u, coef=self.params.lam / self.params.alpha_k)]
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        return trainer.update(job, upload={"model": trained[-1]}, state={"w": trained[-1]})
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.state.get("w", job.payload["model"])

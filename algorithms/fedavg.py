@@ -25,6 +25,7 @@ class FedAvg(Algorithm):
     name = "fedavg"
     Params = FedAvgParams
     source = "McMahan et al. 2017; fine-tune off by default"
+    batchable = True  # the default local_update: one plain SGD phase from the received model
 
     def personal_is_global(self) -> bool:
         return self.params.finetune_epochs == 0

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, Phase, State
 from algorithms.fedobp import top_k_mask
 from algorithms.fedselect import floor_share, unpack
 from algorithms.registry import register
@@ -114,6 +114,7 @@ class FedCAC(Algorithm):
     """FedCAC: critical elements by sensitivity, averaged only among clients with overlapping critical sets."""
 
     name = "fedcac"
+    batchable = True  # one plain SGD phase; the sensitivity and masks are computed from its result
     Params = FedCACParams
     source = ("Wu et al., ICCV 2023, arXiv:2309.11103; tau=0.5, beta=100 from the authors' CIFAR-10 config ("
               + FLING + "); partial participation: the last round's uploads are the collaboration pool")
@@ -184,13 +185,16 @@ class FedCAC(Algorithm):
         return 4 * self.spec.size + self.nbytes_mask
 
     # ----- client side ----------------------------------------------------------------------------------------
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        before = job.payload["model"]
-        trainer.set_vector(before)
-        trainer.train(job)
-        after = trainer.get_vector()
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(job.payload["model"])]
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        before, after = job.payload["model"], trained[-1]
         packed = np.packbits(critical_mask(sensitivity(before, after), self.segments, self.params.tau))
         return trainer.update(job, upload={"model": after, "mask": packed}, state={"theta": after, "mask": packed})
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.payload["model"]  # the customized start model built by server_prepare

@@ -35,6 +35,7 @@ class FedNova(Algorithm):
     """FedNova: each client's update normalised by its number of local steps, rescaled by the effective steps."""
 
     name = "fednova"
+    batchable = True  # FedAvg's client side (the default local_update): vectorises (train.batched)
     source = "Wang et al. 2020 (normalised averaging, momentum case of the appendix); no hyperparameters"
 
     def personal_is_global(self) -> bool:

@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, Phase, State
 from algorithms.registry import register
 
 AUTHORS_CODE = "(uglyghost/FedOBP_CODE src/client/fedobp.py, uglyghost/FedOBP config/defaults_fedobp.yaml)"
@@ -194,6 +194,7 @@ class FedOBP(Algorithm):
 
     name = "fedobp"
     Params = FedOBPParams
+    batchable = True  # the client side is FedAvg's (all of FedOBP runs on the server): vectorises
     source = ("Chen et al., FedOBP, arXiv:2604.16574, and the authors' FL-bench fork " + AUTHORS_CODE
               + ": q=0.9999, norm=global, EMA off (alpha 0.5), all tensors; exactly round((1-q)|C|) elements")
 
@@ -344,11 +345,15 @@ class FedOBP(Algorithm):
         return out
 
     # ----- client side --------------------------------------------------------------------------------
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(job.payload["model"])
-        trainer.train(job)
-        model = trainer.get_vector()
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(job.payload["model"])]  # FedAvg's training from the start model server_prepare built
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        model = trained[-1]
         return trainer.update(job, upload={"model": model}, state={**job.state, "theta": model})
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
         return update.state["theta"]  # the full model the client just trained and uploaded

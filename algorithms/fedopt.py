@@ -63,6 +63,7 @@ class _ServerOptimizer(Algorithm):
     """FedAvg on the clients, an adaptive optimizer step on the server."""
 
     second_moment: ClassVar[str] = ""
+    batchable = True  # FedAvg's client side (the default local_update): vectorises (train.batched)
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
@@ -146,6 +147,7 @@ class FedAvgM(Algorithm):
     """FedAvgM: FedAvg clients, SGD with momentum on the server's pseudo-gradient (β = 0, η = 1: FedAvg)."""
 
     name = "fedavgm"
+    batchable = True  # FedAvg's client side (the default local_update): vectorises (train.batched)
     Params = FedAvgMParams
     source = "Hsu, Qi & Brown 2019 (β 0.9, server lr 1.0, sample-weighted)"
 

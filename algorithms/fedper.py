@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, Phase
 from algorithms.registry import register
 from protocol.params import ParamSpec
 
@@ -63,11 +63,17 @@ class FedPer(Algorithm):
     def shared_mask(self) -> np.ndarray:
         return ~top_layers_mask(self.spec, self.params.personal_layers)
 
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(self.start_vector(job))
-        trainer.train(job)  # joint training of base and personalization layers
-        vec = trainer.get_vector()
+    batchable = True  # one plain SGD phase (base and head jointly): vectorises (train.batched)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(self.start_vector(job))]  # joint training of base and personalization layers
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        vec = trained[-1]
         return trainer.update(job, upload={"model": vec}, state=self.personal_state(vec))
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return self.start_vector(job)

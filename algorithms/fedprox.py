@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, Phase
 from algorithms.registry import register
 
 
@@ -41,9 +41,11 @@ class FedProx(Algorithm):
     def personal_is_global(self) -> bool:
         return True
 
+    batchable = True  # one SGD phase with a proximal term: vectorises (train.batched)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        model = job.payload["model"]  # purpose "batches": the same data order as FedAvg
+        return [Phase(model, anchor=model, coef=self.params.mu)]
+
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(job.payload["model"])
-        mu = self.params.mu
-        extra = trainer.proximal(job.payload["model"], mu) if mu > 0 else None
-        trainer.train(job, extra_loss=extra)  # purpose "batches": the same data order as FedAvg
-        return trainer.update(job, upload={"model": trainer.get_vector()}, state=job.state)
+        return self.run_phases(job, trainer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Phase, State
 from algorithms.registry import register
 
 
@@ -24,11 +24,16 @@ class Local(Algorithm):
     def bytes_down(self, payload: State) -> int:
         return 0
 
+    batchable = True  # one plain SGD phase from the client's own model: vectorises (train.batched)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(job.state.get("model", job.payload["model"]))]
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        return trainer.update(job, upload={}, state={"model": trained[-1]})
+
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(job.state.get("model", job.payload["model"]))
-        trainer.train(job)
-        model = trainer.get_vector()
-        return trainer.update(job, upload={}, state={"model": model})
+        return self.run_phases(job, trainer)
 
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes=None) -> np.ndarray:
         return global_vec  # nothing is averaged: the global vector stays the common initialisation

@@ -56,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, Phase, State
 from algorithms.pool import ModelPool
 from algorithms.registry import register
 
@@ -106,6 +106,7 @@ class PFedSim(Algorithm):
     """pFedSim: FedAvg warm-up, then personal heads and bodies aggregated by classifier cosine similarity."""
 
     name = "pfedsim"
+    batchable = True  # one plain SGD phase (body and head jointly): vectorises (train.batched)
     Params = PFedSimParams
     needs_split = True
     source = ("Tan et al. 2023 (classifier-similarity body aggregation after a FedAvg warm-up); -log(1 - s) weights, "
@@ -199,12 +200,16 @@ class PFedSim(Algorithm):
         out[~self.shared] = own[~self.shared] if own is not None else job.payload["head"]
         return out
 
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(self.start_vector(job))
-        trainer.train(job)  # body and head jointly, the run's local epochs
-        vec = trainer.get_vector()
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(self.start_vector(job))]  # body and head jointly, the run's local epochs
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        vec = trained[-1]
         state = {"w": vec} if "body" in job.payload else job.state
         return trainer.update(job, upload={"model": vec}, state=state)
+
+    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        return self.run_phases(job, trainer)
 
     def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return self.start_vector(job)

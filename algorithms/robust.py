@@ -54,6 +54,8 @@ def krum_select(values: np.ndarray, byzantine: int, keep: int) -> np.ndarray:
 
 
 class _RobustAggregation(Algorithm, ABC):
+    batchable = True  # FedAvg's client side (the default local_update): vectorises (train.batched)
+
     def personal_is_global(self) -> bool:
         return True
 

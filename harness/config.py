@@ -230,6 +230,9 @@ class RunConfig(Strict):
         body["partition"] = self.partition.identity_dump()
         if not body.get("plugins"):
             body.pop("plugins", None)
+        if body["train"].get("batched") == "off":  # the default: hashes of runs recorded before it stay the same
+            body["train"].pop("batched")
+            body["train"].pop("cohort_size", None)
         if body.get("empty_round_policy") == "fail":  # the default: hashes of runs recorded before it stay the same
             body.pop("empty_round_policy")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 
@@ -103,6 +102,8 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     if len(input_shape) != 3:
         raise ValueError(f"resnet18 needs C x H x W images, but each input has shape {tuple(input_shape)}; "
                          f"use model.name=mlp for tables")
+    import torchvision  # lazily: importing it costs ~1-4 s (torch._dynamo), every run and worker paid it
+
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -123,6 +124,8 @@ def _small_image_resnet(net: nn.Module, input_shape: tuple[int, ...], name: str)
 @model("resnet34")
 def resnet34(input_shape: tuple[int, ...], num_classes: int) -> BodyHead:
     """torchvision ResNet-34 adapted to 32x32 images like resnet18 (3x3 stem, stride 1, no max-pool)."""
+    import torchvision
+
     return _small_image_resnet(torchvision.models.resnet34(weights=None, num_classes=num_classes), input_shape,
                                "resnet34")
 
@@ -133,6 +136,8 @@ def mobilenetv2(input_shape: tuple[int, ...], num_classes: int, width: float = 1
     the literature do) and the input's channels; the final linear layer is the head (its dropout ends the body)."""
     if len(input_shape) != 3:
         raise ValueError(f"mobilenetv2 needs C x H x W images, but each input has shape {tuple(input_shape)}")
+    import torchvision
+
     net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
     first = net.features[0][0]
     net.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=1, padding=1, bias=False)

@@ -223,7 +223,11 @@ class MlflowListener(Tracker, RoundListener):
 
     def on_round(self, record: RoundRecord) -> None:
         logged = getattr(self, "_logged", {})
-        self.log_round(record.round, {k: v for k, v in record.metrics.items() if logged.get(k, 0) < record.round})
+        # the evaluation's wall time, next to wall_round_time (which includes it); kept out of the run's history
+        # (timings are not results), so histories compare equal across runs
+        timed = {"wall_eval_time": record.timings["evaluate"]} if "evaluate" in record.timings else {}
+        self.log_round(record.round, {k: v for k, v in {**record.metrics, **timed}.items()
+                                      if logged.get(k, 0) < record.round})
 
     def on_end(self, result: RunResult, status: str, reason: str | None) -> None:
         if status == "FINISHED" and result.final:

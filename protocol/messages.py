@@ -22,6 +22,7 @@ class ClientJob:
     payload: State
     state: State
     max_steps: int | None = None  # from the compute budget; None = the full local work
+    cohort: int | None = None  # batched training: the round's cohort it trains in (None: one by one)
 
 
 @dataclass

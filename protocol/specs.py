@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -22,3 +22,15 @@ class TrainSpec(Strict):
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.7, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    batched: Literal["auto", "on", "off"] = Field("off", description=(
+        "train a cohort of sampled clients in one vectorised computation (torch.func vmap over stacked weights; "
+        "same numbers as one by one to float tolerance): on, off, or auto = on where it was measured to pay "
+        "(models without convolutions, or any model on CUDA); algorithms opt in (Algorithm.batchable)"))
+    cohort_size: int = Field(16, ge=1, le=64, description=(
+        "clients per batched computation; cohorts are formed from the round's sample alone (never by worker)"))
+
+    @field_validator("batched", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML 1.1 reads a bare on/off as a boolean: take it as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value

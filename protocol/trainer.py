@@ -38,6 +38,20 @@ StepHook = Callable[["nn.Module"], None]
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One phase of plain local SGD, declared rather than run: what `Algorithm.local_phases` returns for an
+    algorithm whose local objective vectorises, so the engine can train many clients' phases at once.
+    Running it one by one is `set_vector(start)`, then `train(job, epochs, extra_loss=proximal(anchor, coef)
+    if coef > 0, purpose=purpose)`."""
+
+    start: np.ndarray  # the flat model the phase starts from
+    epochs: int | None = None  # None: train.local_epochs
+    purpose: str = "batches"  # the data order's random stream
+    anchor: np.ndarray | None = None  # proximal term (coef/2)||w - anchor||^2 when coef > 0 (FedProx, Ditto)
+    coef: float = 0.0
+
+
+@dataclass(frozen=True)
 class PhaseStats:
     """The work and mean loss of one training phase (one `train` call)."""
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from harness.config import ConfigError, RunConfig
 from harness.engine.clock import DeviceProfiles, VirtualClock
-from harness.engine.worker import build_algorithm, check_device
+from harness.engine.batched import decide
+from harness.engine.worker import build_algorithm, check_device, resolve_device
 from partitions import build_federated_dataset
 from partitions.federated import FederatedDataset
 
@@ -26,16 +28,20 @@ class Parts:
     global_vec: np.ndarray
     clock: VirtualClock
     k: int
+    batched: bool = False  # train.batched resolved for this machine's device (workers resolve it alike)
 
 
 def build_parts(cfg: RunConfig) -> Parts:
     check_device(cfg)
     _check_writable_folder(cfg.checkpoint_dir, "checkpoint_dir")
     data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
-    algo, _, global_vec = build_algorithm(cfg, data)
+    algo, model, global_vec = build_algorithm(cfg, data)
+    # a cluster's workers may have the CUDA device the driver lacks (check_device lets that through)
+    device = torch.device("cuda") if cfg.device == "cuda" else resolve_device(cfg.device)
+    batched = decide(cfg.train.batched, algo, model, cfg.train.optimizer, device)
     profiles = DeviceProfiles.draw(cfg.budget, data.num_clients, cfg.seed)
     clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
-    return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)))
+    return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)), batched)
 
 
 def _check_writable_folder(path: str, field: str) -> None:

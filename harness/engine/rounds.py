@@ -36,26 +36,41 @@ class RoundOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def waves(cids: list[int], num_workers: int, sizes: np.ndarray) -> list[list[list[int]]]:
+def waves(cids: list[int], num_workers: int, sizes: np.ndarray,
+          units: list[list[int]] | None = None) -> list[list[list[int]]]:
     """Sorted clients in waves of at most CHUNK x W (contiguous in client id, so the server side
     sees clients in id order whatever W is); within a wave, one batch per worker, balanced by
-    data size (largest first onto the least-loaded worker), each batch in client-id order."""
+    data size (largest first onto the least-loaded worker), each batch in client-id order.
+    `units` (batched training: the round's cohorts, `cohorts`) are kept whole: waves and batches are
+    made of whole cohorts, balanced by a cohort's padded size (its clients x its largest client)."""
+    units = [[int(c)] for c in cids] if units is None else units
     out = []
-    step = num_workers * CHUNK
-    for start in range(0, len(cids), step):
-        wave = cids[start : start + step]
+    step = max(1, num_workers * CHUNK // max((len(u) for u in units), default=1))
+    for start in range(0, len(units), step):
+        wave = units[start : start + step]
         bins: list[list[int]] = [[] for _ in range(min(num_workers, len(wave)))]
         load = [0] * len(bins)
-        for cid in sorted(wave, key=lambda c: (-int(sizes[c]), c)):
+        for unit in sorted(wave, key=lambda u: (-len(u) * max(int(sizes[c]) for c in u), u[0])):
             slot = min(range(len(bins)), key=lambda b: (load[b], b))
-            bins[slot].append(int(cid))
-            load[slot] += int(sizes[cid])
+            bins[slot].extend(int(c) for c in unit)
+            load[slot] += len(unit) * max(int(sizes[c]) for c in unit)
         out.append([sorted(b) for b in bins])
     return out
 
 
+def cohorts(cids: list[int], steps: dict[int, int], size: int) -> list[list[int]]:
+    """Batched training's cohorts: the round's clients ordered by their planned local steps (then id), cut into
+    chunks of `size`, each in id order. A function of the round's sample and plan alone, never of the worker
+    count; similar step counts together keep the padding (steps of clients that already finished) small."""
+    order = sorted((int(c) for c in cids), key=lambda c: (steps[c], c))
+    return [sorted(order[i : i + size]) for i in range(0, len(order), size)]
+
+
 def train_round(rnd: int, *, algo, clock, store, data, k: int, global_vec: np.ndarray, totals: dict[str, float],
-                executor, nan_policy: str) -> RoundOutcome:
+                executor, nan_policy: str, cohort_size: int = 0, epochs: int = 1,
+                batch_size: int = 1) -> RoundOutcome:
+    """One round's training; `cohort_size` > 0: batched training, the clients go out in cohorts (`cohorts`, by
+    planned steps = `epochs` x batches of `batch_size`, capped by the step budget)."""
     t_round = time.perf_counter()
     timings = {"map_train": 0.0, "store_get": 0.0}
     sampled = clock.sample(rnd, data.train_clients, k)
@@ -64,8 +79,16 @@ def train_round(rnd: int, *, algo, clock, store, data, k: int, global_vec: np.nd
     down: dict[int, int] = {}
     notes: dict[int, dict] = {}
     updates: list[ClientUpdate] = []
+    sizes = data.sizes("train")
+    units, cohort_of = None, {}
+    if cohort_size:
+        planned = {int(c): min(epochs * -(-int(sizes[c]) // batch_size),
+                               plan.max_steps[c] if plan.max_steps[c] is not None else 1 << 62)
+                   for c in plan.clients.tolist()}
+        units = cohorts(plan.clients.tolist(), planned, cohort_size)
+        cohort_of = {c: i for i, unit in enumerate(units) for c in unit}
     # states are read and jobs built one wave at a time: the driver holds at most CHUNK x W of them
-    for batch_group in waves(plan.clients.tolist(), executor.num_workers, data.sizes("train")):
+    for batch_group in waves(plan.clients.tolist(), executor.num_workers, sizes, units):
         wave = sorted(c for chunk in batch_group for c in chunk)
         t = time.perf_counter()
         states = store.get_many(wave)
@@ -73,7 +96,7 @@ def train_round(rnd: int, *, algo, clock, store, data, k: int, global_vec: np.nd
         jobs = {}
         for cid in wave:  # server side in client-id order
             sent = algo.server_prepare(cid, rnd, global_vec, states.pop(cid))
-            jobs[cid] = ClientJob(cid, rnd, sent.payload, sent.state, plan.max_steps[cid])
+            jobs[cid] = ClientJob(cid, rnd, sent.payload, sent.state, plan.max_steps[cid], cohort_of.get(cid))
             notes[cid] = sent.note
             down[cid] = algo.bytes_down(sent.payload)
         t = time.perf_counter()

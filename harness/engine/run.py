@@ -188,6 +188,7 @@ class Engine:
         parts = parts or build_parts(cfg)
         self.data, self.algo, self.global_vec, self.clock, self.k = (parts.data, parts.algo, parts.global_vec,
                                                                      parts.clock, parts.k)
+        self.cohort_size = cfg.train.cohort_size if parts.batched else 0
         self.unseen = set(self.data.meta.get("unseen_clients", []))
         self.run_id = run_id or f"local-{int(time.time() * 1000)}"
         self.listeners = list(listeners)
@@ -288,7 +289,8 @@ class Engine:
         t0 = time.perf_counter()
         out = train_round(rnd, algo=self.algo, clock=self.clock, store=self.store, data=self.data, k=self.k,
                           global_vec=self.global_vec, totals=self.totals, executor=executor,
-                          nan_policy=self.cfg.nan_policy)
+                          nan_policy=self.cfg.nan_policy, cohort_size=self.cohort_size,
+                          epochs=self.cfg.train.local_epochs, batch_size=self.cfg.train.batch_size)
         self.global_vec, self.totals = out.global_vec, out.totals
         metrics, clients = dict(out.metrics), None
         if self.evaluate and ((rnd + 1) % self.cfg.eval_every == 0 or last):

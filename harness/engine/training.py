@@ -80,6 +80,11 @@ class LocalTrainer:
             steps=self._steps, samples_processed=self._samples, loss=loss, finite=finite, metrics=dict(metrics),
         )
 
+    def credit(self, steps: int, samples: int, loss_sum: float, loss_count: int, finite: bool) -> None:
+        """The engine's batched training (harness.engine.batched) books a client's work done elsewhere."""
+        self._steps, self._samples, self._loss_sum, self._loss_count = steps, samples, loss_sum, loss_count
+        self._finite = self._finite and finite
+
     @property
     def steps(self) -> int:
         return self._steps

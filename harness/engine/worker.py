@@ -14,6 +14,7 @@ import torch
 from algorithms import registry
 from algorithms.base import AlgoContext, Algorithm
 from harness.config import ConfigError, RunConfig, validate
+from harness.engine.batched import CohortTrainer, decide
 from harness.engine.training import LocalTrainer
 from harness.models import build_model
 from partitions.federated import FederatedDataset
@@ -75,8 +76,10 @@ class Worker:
         self.cfg = validate(config)
         self.data = data
         self.algo, model, _ = build_algorithm(self.cfg, data)
-        self.trainer = LocalTrainer(model, self.algo.spec, data, self.cfg.train, resolve_device(self.cfg.device),
-                                    self.cfg.seed)
+        device = resolve_device(self.cfg.device)
+        self.trainer = LocalTrainer(model, self.algo.spec, data, self.cfg.train, device, self.cfg.seed)
+        batched = decide(self.cfg.train.batched, self.algo, model, self.cfg.train.optimizer, device)
+        self.cohorts = CohortTrainer(self.trainer) if batched else None
         return str(self.trainer.device)
 
     def ping(self) -> str:
@@ -88,19 +91,37 @@ class Worker:
         return ray.get_runtime_context().get_node_id()
 
     def train(self, jobs: list[ClientJob]) -> list[ClientUpdate]:
-        out = []
-        for job in jobs:
-            before = None
-            if self.cfg.eval_sampled:  # with fresh counters and no step budget: evaluation never counts against it
-                self.trainer.start(dataclasses.replace(job, max_steps=None))
-                before = self._sampled_correct(job, self.algo.received_vector(job, self.trainer))
-            self.trainer.start(job)
-            update = self.algo.local_update(job, self.trainer)
-            if before is not None:
-                after = self._sampled_correct(job, self.algo.trained_vector(job, update, self.trainer))
-                update.sampled_eval = (before[0], after[0], before[1])
-            out.append(update)
-        return out
+        """Each job's ClientUpdate, in job order: one by one, or cohort by cohort (jobs with a `cohort` id, on a
+        worker that trains batched: the driver sent whole cohorts)."""
+        if self.cohorts is None or any(job.cohort is None for job in jobs):
+            groups = [[job] for job in jobs]
+        else:
+            by_cohort: dict[int, list[ClientJob]] = {}
+            for job in jobs:
+                by_cohort.setdefault(job.cohort, []).append(job)
+            groups = list(by_cohort.values())
+        out = {}
+        for group in groups:
+            befores = [self._before(job) for job in group]
+            if self.cohorts is None or group[0].cohort is None:
+                self.trainer.start(group[0])
+                updates = [self.algo.local_update(group[0], self.trainer)]
+            else:
+                updates = self.cohorts.train(self.algo, group)
+            for job, update, before in zip(group, updates, befores, strict=True):
+                if before is not None:
+                    after = self._sampled_correct(job, self.algo.trained_vector(job, update, self.trainer))
+                    update.sampled_eval = (before[0], after[0], before[1])
+                out[id(job)] = update
+        return [out[id(job)] for job in jobs]
+
+    def _before(self, job: ClientJob) -> tuple[int, int] | None:
+        """eval_sampled: the received model on the client's test split, with fresh counters and no step budget
+        (evaluation never counts against it)."""
+        if not self.cfg.eval_sampled:
+            return None
+        self.trainer.start(dataclasses.replace(job, max_steps=None))
+        return self._sampled_correct(job, self.algo.received_vector(job, self.trainer))
 
     def _sampled_correct(self, job: ClientJob, vec: np.ndarray) -> tuple[int, int]:
         correct, _, n = self.trainer.evaluate(vec, job.cid)

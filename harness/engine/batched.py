@@ -1,0 +1,227 @@
+"""Batched multi-client training: a cohort of clients' plain SGD phases as one vectorised computation.
+
+For small models, one client's step is mostly Python and kernel-launch overhead; training C clients at
+once (torch.func: `functional_call` under `vmap` over the C clients' stacked weights) pays that overhead
+once per step for the cohort. Each client keeps everything the one-by-one path gives it:
+
+* its own data order (the same `rng(seed, purpose, round, client)` permutations, the same batches, the
+  same step budget), padded to the cohort's batch shape, padded rows weighted 0 in its mean loss;
+* its own SGD with momentum and weight decay, done by hand on the stacked tensors exactly as
+  torch.optim.SGD does it (buf = momentum * buf + (g + wd * w); w -= lr * buf), applied only to the
+  clients that have a batch at that step (a client with fewer steps simply stops moving);
+* its own loss (cross-entropy mean + the phase's proximal term), counters, and stop on NaN/inf.
+
+The numbers equal the one-by-one path's to float tolerance (the batched matmuls sum in another order),
+not bit for bit; tests/test_batched.py states the tolerance. Cohort membership is decided by the driver
+from the round's sample alone (rounds.cohorts), never by worker, so the floats do not depend on the
+worker count. Which runs use it: `decide` (train.batched auto | on | off).
+
+Algorithms opt in (`Algorithm.batchable`) when their client side is `run_phases` over `local_phases`: plain
+SGD phases, each from a start model, optionally with a proximal term. In: FedAvg and every algorithm with
+FedAvg's client side (FedAvgM, FedAdam/FedAdagrad/FedYogi, FedMedian/FedTrimmedAvg/Krum, DP-FedAvg, FedNova,
+FedOBP, FedCAC: all of their differences run on the server or on the trained result), FedProx and FedAMP
+(proximal term), FedPer, LG-FedAvg and pFedSim (joint training from the global shared part + their own
+personal part), Local, Ditto (two phases, the second proximal).
+Out, each for a reason the phase declaration cannot express yet: tensors frozen per phase (FedRep, FedBABU),
+a gradient hook, projection or linear term (SCAFFOLD, FedDyn, FedSelect, Floco), a loss of their own or extra
+model passes (MOON, FedProto, FedNTD, FedLC, FedRoD, pFedFDA, FLUTE, FedDPA, q-FFL's loss evaluation, IFCA's
+cluster choice), custom loops or inner optimisers (APFL, FedALA, pFedMe, Per-FedAvg, FedFomo, Elastic, CFL), and
+BatchNorm statistics (FedBN: no model with buffers or dropout trains batched).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from harness.config import ConfigError
+from protocol.messages import ClientJob, ClientUpdate
+from protocol.rng import rng
+from protocol.trainer import Phase, PhaseStats
+
+
+def opts_in(cls) -> bool:
+    """`batchable`, set at or below the class whose `local_update` runs: a subclass that overrides
+    local_update (FedRep over FedPer) does not inherit its parent's opt-in."""
+    if not cls.batchable:
+        return False
+    owner = next(k for k in cls.__mro__ if "local_update" in vars(k))
+    flagger = next(k for k in cls.__mro__ if "batchable" in vars(k))
+    return issubclass(flagger, owner)
+
+
+def unsupported(algo, model: nn.Module, optimizer: str) -> str | None:
+    """Why this run cannot train batched (None: it can)."""
+    if not opts_in(type(algo)):
+        return (f"{algo.name} does not opt in (its local step is not plain SGD phases: Algorithm.batchable, "
+                f"harness/engine/batched.py)")
+    if optimizer != "sgd":
+        return f"train.optimizer={optimizer} (batched training implements SGD with momentum)"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers (BatchNorm running statistics)"
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        return "the model has dropout"
+    return None
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def decide(mode: str, algo, model: nn.Module, optimizer: str, device: torch.device) -> bool:
+    """Whether a run trains its cohorts batched. `on` where it cannot: a one-line ConfigError. `auto`, the
+    measured rule (docs/scale.md): on CUDA always; on the CPU only models without convolutions (an MLP
+    cohort trained faster vmapped, an avgcnn cohort ~2.4x slower: vmapped convolutions lose the CPU's
+    channels-last kernels)."""
+    if mode == "off":
+        return False
+    why = unsupported(algo, model, optimizer)
+    if mode == "on":
+        if why:
+            raise ConfigError(f"train.batched=on but {why}; use train.batched=auto or off")
+        return True
+    return why is None and (device.type == "cuda" or not has_conv(model))
+
+
+class CohortTrainer:
+    """Trains cohorts on a worker's LocalTrainer (its model, data, device and layout)."""
+
+    def __init__(self, trainer) -> None:
+        self.t = trainer
+        model = trainer.model
+        self.slots = trainer.spec.slots  # no buffers (unsupported): exactly the parameters, in model order
+        self._forward = vmap(lambda params, x: functional_call(model, params, (x,)))
+
+    def train(self, algo, jobs: list[ClientJob]) -> list[ClientUpdate]:
+        """`algo.run_phases` for each job, the phases of all jobs trained together."""
+        plans = [algo.local_phases(job) for job in jobs]
+        if len({len(p) for p in plans}) != 1:
+            raise RuntimeError(f"{algo.name}: clients of one cohort declared different numbers of phases")
+        used = np.zeros(len(jobs), dtype=np.int64)
+        finite = np.ones(len(jobs), dtype=bool)
+        trained: list[list[np.ndarray]] = [[] for _ in jobs]
+        stats: list[list[PhaseStats]] = [[] for _ in jobs]
+        for k in range(len(plans[0])):
+            vecs, phase_stats = self._phase(jobs, [p[k] for p in plans], used, finite)
+            for i in range(len(jobs)):
+                trained[i].append(vecs[i])
+                stats[i].append(phase_stats[i])
+        out = []
+        for i, job in enumerate(jobs):
+            self.t.start(job)
+            s = stats[i]
+            self.t.credit(sum(p.steps for p in s), sum(p.samples for p in s), sum(p.loss_sum for p in s),
+                          sum(p.loss_count for p in s), bool(finite[i]))
+            out.append(algo.local_result(job, trained[i], s, self.t))
+        return out
+
+    def _schedule(self, job: ClientJob, epochs: int, purpose: str, room: int | None) -> list[np.ndarray]:
+        """The client's batches of this phase, as LocalTrainer.batches draws and budgets them."""
+        t = self.t
+        index = t.data.split_of(job.cid, "train")
+        if len(index) == 0:
+            return []
+        gen = rng(t.seed, purpose, job.round, job.cid)
+        bs, out = t.train_spec.batch_size, []
+        for _ in range(epochs):
+            order = index[gen.permutation(len(index))]
+            for start in range(0, len(order), bs):
+                if room is not None and len(out) >= room:
+                    return out
+                out.append(order[start : start + bs])
+        return out
+
+    def _phase(self, jobs: list[ClientJob], phases: list[Phase], used: np.ndarray,
+               finite: np.ndarray) -> tuple[np.ndarray, list[PhaseStats]]:
+        """One phase of every client; `used` (steps so far) and `finite` are updated in place."""
+        t, spec, dev = self.t, self.t.train_spec, self.t.device
+        c, bs = len(jobs), spec.batch_size
+        sched = []
+        for i, (job, ph) in enumerate(zip(jobs, phases, strict=True)):
+            epochs = spec.local_epochs if ph.epochs is None else ph.epochs
+            room = None if job.max_steps is None else max(0, job.max_steps - int(used[i]))
+            sched.append(self._schedule(job, epochs, ph.purpose, room))
+        start = torch.from_numpy(np.stack([ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)
+        params = self._unstack(start)
+        coef = torch.tensor([ph.coef if ph.coef > 0 else 0.0 for ph in phases], dtype=torch.float32, device=dev)
+        anchors = None
+        if any(ph.coef > 0 for ph in phases):
+            anchors = {k: v.detach() for k, v in self._unstack(torch.from_numpy(np.stack(
+                [ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)).items()}
+        bufs = {k: torch.zeros_like(v) for k, v in params.items()} if spec.momentum > 0 else None
+        alive = torch.ones(c, dtype=torch.bool, device=dev)
+        steps = torch.zeros(c, dtype=torch.int64, device=dev)
+        samples = torch.zeros(c, dtype=torch.int64, device=dev)
+        loss_sum = torch.zeros(c, dtype=torch.float64, device=dev)
+        fill = next((int(s[0][0]) for s in sched if s), 0)
+        for step in range(max(map(len, sched), default=0)):
+            idx = np.full((c, bs), fill, dtype=np.int64)
+            mask = np.zeros((c, bs), dtype=np.float32)
+            for i, batches in enumerate(sched):
+                if step < len(batches):
+                    b = batches[step]
+                    idx[i, : len(b)] = b
+                    mask[i, : len(b)] = 1.0
+            x, y = t.tensors(idx.reshape(-1))
+            x, y = x.view(c, bs, *x.shape[1:]), y.view(c, bs)
+            m = torch.from_numpy(mask).to(dev)
+            counts = m.sum(1)
+            leaves = params
+            logits = self._forward(leaves, x)
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(c, bs)
+            loss = (ce * m).sum(1) / counts.clamp(min=1)
+            if anchors is not None:
+                loss = loss + 0.5 * coef * sum(((leaves[k] - anchors[k]) ** 2).flatten(1).sum(1) for k in leaves)
+            has_batch = (counts > 0) & alive
+            ok = torch.isfinite(loss.detach())
+            stepping = has_batch & ok  # a NaN/inf stops the client before its step, as record_loss does
+            alive = alive & ~(has_batch & ~ok)
+            grads = list(torch.autograd.grad(torch.where(stepping, loss, torch.zeros_like(loss)).sum(),
+                                             list(leaves.values())))
+            with torch.no_grad():
+                # every client steps (the common case; one sync, free on the CPU): torch.optim.SGD's in-place
+                # foreach arithmetic on the stacked tensors; else only the stepping clients move
+                every = bool(mask[:, 0].all()) and bool(stepping.all())
+                self._sgd(list(params.values()), grads, bufs, None if every else stepping)
+                loss_sum += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum))
+                steps += stepping.long()
+                samples += torch.where(stepping, counts, torch.zeros_like(counts)).long()
+        vecs = torch.cat([params[s.name].detach().reshape(c, -1) for s in self.slots], 1).cpu().numpy()
+        steps_h, samples_h, sums_h = steps.cpu().numpy(), samples.cpu().numpy(), loss_sum.cpu().numpy()
+        used += steps_h
+        finite &= alive.cpu().numpy()
+        return vecs, [PhaseStats(int(steps_h[i]), int(samples_h[i]), float(sums_h[i]), int(steps_h[i]))
+                      for i in range(c)]
+
+    def _sgd(self, ws: list[torch.Tensor], grads: list[torch.Tensor], bufs: dict | None,
+             stepping: torch.Tensor | None) -> None:
+        """torch.optim.SGD's step (dampening 0, no Nesterov) on stacked weights, in place; with `stepping`, only
+        on those clients (the others keep weights and momentum buffers bit for bit)."""
+        spec = self.t.train_spec
+        bl = list(bufs.values()) if bufs is not None else None
+        if stepping is None:
+            if spec.weight_decay:
+                torch._foreach_add_(grads, ws, alpha=spec.weight_decay)
+            if bl is not None:
+                torch._foreach_mul_(bl, spec.momentum)
+                torch._foreach_add_(bl, grads)
+                grads = bl
+            torch._foreach_add_(ws, grads, alpha=-spec.lr)
+            return
+        for i, (w, g) in enumerate(zip(ws, grads, strict=True)):
+            go = stepping.view(-1, *([1] * (w.dim() - 1)))
+            if spec.weight_decay:
+                g = g.add(w, alpha=spec.weight_decay)
+            if bl is not None:
+                buf = bl[i].mul(spec.momentum).add_(g)
+                bl[i].copy_(torch.where(go, buf, bl[i]))
+                g = buf
+            w.copy_(torch.where(go, w.add(g, alpha=-spec.lr), w))
+
+    def _unstack(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(C, size) flat vectors -> {name: (C, *shape)} tensors."""
+        c = stacked.shape[0]
+        return {s.name: stacked[:, s.start : s.stop].reshape(c, *s.shape).clone().requires_grad_() for s in self.slots}
