@@ -118,7 +118,7 @@ def test_cohorts_depend_on_the_sample_alone_and_waves_keep_them_whole():
     steps = {c: int(sizes[c] // 32) for c in cids}
     units = cohorts(cids, steps, 16)
     assert sorted(c for u in units for c in u) == cids and [len(u) for u in units] == [16] * 6 + [4]
-    assert all(max(steps[c] for c in a) <= min(steps[c] for c in b) for a, b in zip(units, units[1:]))
+    assert all(max(steps[c] for c in a) <= min(steps[c] for c in b) for a, b in zip(units, units[1:], strict=False))
     for workers in (1, 2, 3, 5):
         for wave in waves(cids, workers, sizes, units):
             for batch in wave:  # a worker's batch is a union of whole cohorts

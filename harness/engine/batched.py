@@ -149,8 +149,8 @@ class CohortTrainer:
         coef = torch.tensor([ph.coef if ph.coef > 0 else 0.0 for ph in phases], dtype=torch.float32, device=dev)
         anchors = None
         if any(ph.coef > 0 for ph in phases):
-            anchors = {k: v.detach() for k, v in self._unstack(torch.from_numpy(np.stack(
-                [ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)).items()}
+            stacked = np.stack([ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)
+            anchors = {k: v.detach() for k, v in self._unstack(torch.from_numpy(stacked).to(dev)).items()}
         bufs = {k: torch.zeros_like(v) for k, v in params.items()} if spec.momentum > 0 else None
         alive = torch.ones(c, dtype=torch.bool, device=dev)
         steps = torch.zeros(c, dtype=torch.int64, device=dev)

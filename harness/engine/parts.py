@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from harness.config import ConfigError, RunConfig
-from harness.engine.clock import DeviceProfiles, VirtualClock
 from harness.engine.batched import decide
+from harness.engine.clock import DeviceProfiles, VirtualClock
 from harness.engine.worker import build_algorithm, check_device, resolve_device
 from partitions import build_federated_dataset
 from partitions.federated import FederatedDataset
