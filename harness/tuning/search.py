@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,7 @@ def _close_trial_runs(client, t: Tune, parent: str, result: SearchResult) -> Non
         if not pruned:
             client.set_tag(run.info.run_id, "fedharness.tune.superseded", "true")
         client.set_terminated(run.info.run_id, status="KILLED")
+        shutil.rmtree(t.storage / "checkpoints" / run.info.run_id, ignore_errors=True)  # never resumed: rerun
 
 
 def _record(client, t: Tune, r: SearchResult) -> None:
