@@ -2,9 +2,9 @@
 
 Why it works the way it does:
 - The search is Ray Tune's (Tuner, BasicVariantGenerator, ASHAScheduler); this module only declares it. The
-  sampler is seeded with the spec's search_seed, so one seed gives the same trial configurations (the same
-  draws for every algorithm's shared keys, lr and local epochs, too: the algorithms are compared on the
-  same candidate values).
+  sampler is seeded with the spec's search_seed, so one seed gives the same trial configurations. (Shared
+  keys such as lr often get the same draws across algorithms, but not always: an algorithm with more keys
+  consumes the random stream differently.)
 - Tune's experiment folder (<storage>/<tune>/<algorithm>) is the resumable state: a search that was killed
   is continued with Tuner.restore, which keeps the finished trials' results and reruns only the trials that
   had not finished. A search whose MLflow tuning run is FINISHED is not started at all: its selection is

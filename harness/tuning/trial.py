@@ -86,7 +86,8 @@ def run_trial(values: dict[str, Any], ctx: TrialContext) -> None:
     from harness.engine import open_run
     from harness.engine.executor import make_executor
 
-    os.chdir(ctx.cwd)  # Tune starts a trial in its own folder
+    if os.path.isdir(ctx.cwd):  # Tune starts a trial in its own folder (another node may lack the driver's)
+        os.chdir(ctx.cwd)
     plugins.load(ctx.plugins)
     cfg = load_config(ctx.base_tree, trial_overrides(ctx, values))
     cfg = cfg.model_copy(update={"checkpoint_every": cfg.rounds})  # a trial is rerun, not resumed, after a kill
