@@ -64,11 +64,14 @@ def ranking_sentence(table: pd.DataFrame) -> str:
 
 
 def to_markdown(t: Tune, table: pd.DataFrame) -> str:
+    from harness.tracking import partition_label
+
     cfg = next(iter(t.configs.values()))
     k = cfg.sampled_per_round(cfg.partition.num_clients)
     sched = t.spec.scheduler
-    head = (f"Tuned vs default hyperparameters, tune `{t.name}` ({cfg.data.source}, {cfg.partition.scheme}, "
-            f"{cfg.partition.num_clients} clients, {cfg.rounds} rounds, {k} clients per round). Budget, the same for "
+    data = Path(cfg.data.root).stem if cfg.data.source == "arrays" and cfg.data.root else cfg.data.source
+    head = (f"Tuned vs default hyperparameters, tune `{t.name}` ({data}, {partition_label(cfg)}, "
+            f"{cfg.rounds} rounds, {k} clients per round). Budget, the same for "
             f"every algorithm: {t.trials} trials of at most {cfg.rounds} rounds x {k} clients = "
             f"{t.trials * cfg.rounds * k} client-updates; "
             + (f"ASHA on rounds (grace {sched.grace_rounds}, reduction factor {sched.reduction_factor:g}); "

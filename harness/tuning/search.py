@@ -68,16 +68,19 @@ def trial_resources(t: Tune, algorithm: str):
 def search(t: Tune, algorithm: str, progress: bool = True, start_ray=lambda: None) -> SearchResult:
     """The algorithm's search, run or resumed (or read back, when its tuning run is FINISHED: no Ray then;
     `start_ray` is called before Tune needs the cluster)."""
-    client, parent = tuning_run(t, algorithm)
-    run = client.get_run(parent)
-    if run.info.status == "FINISHED" and "fedharness.tune.selected" in run.data.tags:
-        return _read_back(client, run, algorithm)
+    tracked = t.configs[algorithm].tracking.enabled  # off: no MLflow at all; Tune's state alone resumes
+    client, parent = tuning_run(t, algorithm) if tracked else (None, None)
+    if tracked:
+        run = client.get_run(parent)
+        if run.info.status == "FINISHED" and "fedharness.tune.selected" in run.data.tags:
+            return _read_back(client, run, algorithm)
     start_ray()
     grid = _fit(t, algorithm, parent, progress)
     result = select(algorithm, grid, t.configs[algorithm].rounds)
     result.parent_run_id = parent
-    _close_trial_runs(client, t, parent, result)
-    _record(client, t, result)
+    if tracked:
+        _close_trial_runs(client, t, parent, result)
+        _record(client, t, result)
     return result
 
 
