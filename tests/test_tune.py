@@ -136,7 +136,7 @@ def test_tuning_reads_no_test_split_selects_on_validation_and_is_reproducible(tm
     # every trial an MLflow run nested under its algorithm's tuning run, with validation metrics only
     client = mlflow_client(t.configs["fedavg"].tracking.uri)
     exp = client.get_experiment_by_name("t")
-    for algorithm, r in outcome.searches.items():
+    for r in outcome.searches.values():
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{r.parent_run_id}'")
         assert len(kids) == 3 and all("personal_val_acc" in k.data.metrics for k in kids)
         assert not any("personal_acc" in k.data.metrics for k in kids)

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     interrupts.install()
     t = load_tune(args.spec, args.overrides, tracking_uri=args.tracking_uri)
-    print(f"tune {t.name}: {', '.join(t.configs)}; {t.trials} trials each (at most {t.updates_per_trial(next(iter(t.configs)))}"
-          f" client-updates a trial); Ray Tune state in {t.storage}", flush=True)
+    per_trial = t.updates_per_trial(next(iter(t.configs)))
+    print(f"tune {t.name}: {', '.join(t.configs)}; {t.trials} trials each (at most {per_trial} client-updates a "
+          f"trial); Ray Tune state in {t.storage}", flush=True)
     outcome = run_tune(t, progress=not args.quiet, search_only=args.search_only)
     if args.search_only:
         return 0

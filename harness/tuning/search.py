@@ -18,9 +18,9 @@ Why it works the way it does:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -13,7 +13,7 @@ A tune spec (YAML):
       fedrep: {algorithm.fedrep.head_epochs: [choice, [1, 5]]}
     parallel_trials: 2              # trials at once (each reserves trial_cpus CPUs of the Ray cluster)
     trial_workers: inprocess        # or `actors`: a trial's clients run on its own worker actors
-    reuse_actors: false             # true: the next trial runs in a finished trial's process
+    reuse_actors: true              # the next trial runs in a finished trial's process (false: a new one)
     final_seeds: [1, 2, 3]          # fresh seeds for the chosen and the default configuration
     search_seed: 0                  # seeds the sampler: same seed, same trial configurations
 
@@ -72,8 +72,8 @@ class TuneSpec(Strict):
     trial_cpus: float = Field(1.0, gt=0, description="CPUs a trial reserves in the Ray cluster")
     trial_workers: Literal["inprocess", "actors"] = Field(
         "inprocess", description="a trial's engine runs its clients in the trial's process, or on worker actors")
-    reuse_actors: bool = Field(False, description="Tune reuses a finished trial's process for the next trial "
-                                                  "(imports and the data cache stay loaded)")
+    reuse_actors: bool = Field(True, description="Tune reuses a finished trial's process for the next trial "
+                                                 "(imports and the data cache stay loaded; measured faster)")
     final_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     search_seed: int = Field(0, ge=0)
     experiment: str | None = None
@@ -130,9 +130,9 @@ def load_tune(source: str | Path | dict[str, Any], overrides: list[str] | None =
         e = err.errors()[0]
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
+            allowed = ", ".join(TuneSpec.model_fields if "." not in loc else Budget.model_fields)
             raise ConfigError(f"tune spec {where}: unknown key {loc!r} (the budget is one for every algorithm: "
-                              f"budget.trials or budget.client_updates); allowed keys: "
-                              f"{', '.join(TuneSpec.model_fields if '.' not in loc else Budget.model_fields)}") from None
+                              f"budget.trials or budget.client_updates); allowed keys: {allowed}") from None
         raise ConfigError(f"tune spec {where}: {loc}: {e['msg']}") from None
     base_tree = spec.base
     if isinstance(spec.base, str):
@@ -155,7 +155,8 @@ def load_tune(source: str | Path | dict[str, Any], overrides: list[str] | None =
                 try:
                     load_config(base_tree, [*fixed, f"algorithm.name={algorithm}", f"{key}={json.dumps(value)}"])
                 except ConfigError as err:
-                    raise ConfigError(f"tune spec {where}: search space of {algorithm}: {key}={value!r}: {err}") from None
+                    raise ConfigError(f"tune spec {where}: search space of {algorithm}: {key}={value!r}: "
+                                      f"{err}") from None
     _check(spec, configs, where)
     first = next(iter(configs.values()))
     per_trial = first.rounds * first.sampled_per_round(first.partition.num_clients)
@@ -191,7 +192,7 @@ def _space(spec: TuneSpec, algorithm: str, where: str) -> dict[str, tuple]:
 
 
 def _check(spec: TuneSpec, configs: dict[str, RunConfig], where: str) -> None:
-    for algorithm, cfg in configs.items():
+    for cfg in configs.values():
         if cfg.partition.val_fraction <= 0:
             raise ConfigError(f"tune spec {where}: partition.val_fraction must be > 0: selection reads validation "
                               f"data only (add partition.val_fraction=0.2 to overrides)")
