@@ -140,7 +140,11 @@ def test_tuning_reads_no_test_split_selects_on_validation_and_is_reproducible(tm
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{r.parent_run_id}'")
         assert len(kids) == 3 and all("personal_val_acc" in k.data.metrics for k in kids)
         assert not any("personal_acc" in k.data.metrics for k in kids)
-        assert {k.info.status for k in kids} <= {"FINISHED", "KILLED"}
+        status = {x["trial_id"]: x["status"] for x in r.trials}
+        for k in kids:  # a trial ASHA stopped is KILLED and tagged pruned, never FINISHED
+            pruned = status[k.data.tags["fedharness.tune.trial_id"]] == "pruned"
+            assert k.info.status == ("KILLED" if pruned else "FINISHED")
+            assert k.data.tags.get("fedharness.tune.pruned", "false") == str(pruned).lower()
         finished = [x for x in r.trials if x["status"] == "finished"]
         assert r.selected == max(finished, key=lambda x: x["val"])["config"]  # argmax of validation
 

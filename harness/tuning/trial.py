@@ -8,8 +8,10 @@ Why it works the way it does:
   read a test example, by construction rather than by convention. The engine's own data object keeps the
   split's sizes (for balancing evaluation waves), and the checkpoint's partition digest is the full one.
 - After each evaluated round the trial reports personal_val_acc, the round (ASHA's time axis) and the
-  client-updates trained so far to Tune. When ASHA stops the trial, Tune ends its process; the tuning
-  driver then marks the trial's MLflow run KILLED with the tag fedharness.tune.pruned=true.
+  client-updates trained so far to Tune. When ASHA stops the trial, Tune's report raises SystemExit in the
+  trial's thread; the Reporter turns it into TrialStopped (a KeyboardInterrupt: the engine ends the run as
+  KILLED, not FINISHED), and the trial tags the run fedharness.tune.pruned=true and drops its checkpoint.
+  A trial whose process Tune ends before that is marked the same way by the tuning driver afterwards.
 - `inprocess` trials run the clients in the trial's process (one CPU); `actors` trials start the run's
   worker actors inside the trial's placement group. docs/tuning.md has the measured difference.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,18 +58,36 @@ def without_test(data):
     return dataclasses.replace(data, index={**data.index, "test": empty}, offsets={**data.offsets, "test": offsets})
 
 
-class Reporter(RoundListener):
-    """personal_val_acc of every evaluated round to Tune (and nothing read from a test split: there is none)."""
+class TrialStopped(KeyboardInterrupt):
+    """Tune's scheduler stopped the trial after `round` (the engine ends a run so interrupted as KILLED)."""
 
-    def __init__(self, report):
-        self.report = report
+    def __init__(self, round: int):
+        super().__init__(f"stopped by the tuning scheduler after round {round}")
+        self.round = round
+
+
+class Reporter(RoundListener):
+    """personal_val_acc of every evaluated round to Tune (and nothing read from a test split: there is none).
+    The last round's is held back (`final`) and reported once the run has ended FINISHED: Tune stops a trial
+    that reaches max_t at that report, which must not cut the run short of its end."""
+
+    def __init__(self, report, rounds: int):
+        self.report, self.rounds = report, rounds
         self.updates = 0
+        self.final: dict | None = None
 
     def on_round(self, record: RoundRecord) -> None:
         self.updates += int(record.metrics.get("clients_trained", 0))
-        if METRIC in record.metrics:
-            self.report({METRIC: float(record.metrics[METRIC]), "round": record.round,
-                         "client_updates": self.updates})
+        if METRIC not in record.metrics:
+            return
+        result = {METRIC: float(record.metrics[METRIC]), "round": record.round, "client_updates": self.updates}
+        if record.round >= self.rounds:
+            self.final = result
+            return
+        try:
+            self.report(result)
+        except SystemExit:  # Tune's way of ending a stopped trial's thread
+            raise TrialStopped(record.round) from None
 
 
 def trial_overrides(ctx: TrialContext, values: dict[str, Any]) -> list[str]:
@@ -96,5 +117,18 @@ def run_trial(values: dict[str, Any], ctx: TrialContext) -> None:
             "mlflow.runName": f"{ctx.algorithm} trial {trial_id}"}
     if ctx.parent_run_id:
         tags[PARENT_TAG] = ctx.parent_run_id
-    engine = open_run(cfg, tags=tags, progress=False, listeners=[Reporter(tune.report)])
-    engine.loop(executor_factory=lambda c, data: make_executor(c, without_test(data)))
+    reporter = Reporter(tune.report, cfg.rounds)
+    engine = open_run(cfg, tags=tags, progress=False, listeners=[reporter])
+    try:
+        engine.loop(executor_factory=lambda c, data: make_executor(c, without_test(data)))
+    except TrialStopped as stop:
+        engine.discard_checkpoint()  # a stopped trial is never resumed
+        if cfg.tracking.enabled:
+            from harness.tracking import mlflow_client
+
+            client = mlflow_client(cfg.tracking.uri)
+            client.set_tag(engine.run_id, "fedharness.tune.pruned", "true")
+            client.set_tag(engine.run_id, "fedharness.failure", str(stop))
+        sys.exit(0)  # what Tune expects of a stopped trial's thread
+    if reporter.final is not None:
+        tune.report(reporter.final)
