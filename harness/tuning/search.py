@@ -162,18 +162,23 @@ def tuning_run(t: Tune, algorithm: str) -> tuple[Any, str]:
 
 
 def _close_trial_runs(client, t: Tune, parent: str, result: SearchResult) -> None:
-    """Trial runs Tune ended from outside (ASHA's stops, a killed tune's unfinished trials) stay RUNNING in
-    MLflow: mark them KILLED, pruned or superseded (a rerun of the same trial id finished after them)."""
-    status = {r["trial_id"]: r["status"] for r in result.trials}
+    """A trial whose process Tune ended before the trial could say why (ASHA's stops, a killed tune's unfinished
+    trials) is RUNNING in MLflow, or KILLED as if by Ctrl-C: mark it KILLED, pruned (with the round) or
+    superseded (a rerun of the same trial id finished after it)."""
+    trials = {r["trial_id"]: r for r in result.trials}
     runs = client.search_runs([client.get_run(parent).info.experiment_id],
-                              f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'")
+                              f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status != 'FINISHED'")
     for run in runs:
-        trial_id = run.data.tags.get(TRIAL_TAG, "")
-        pruned = status.get(trial_id) == "pruned"
+        trial = trials.get(run.data.tags.get(TRIAL_TAG, ""), {})
+        pruned = trial.get("status") == "pruned"
         client.set_tag(run.info.run_id, "fedharness.tune.pruned", str(pruned).lower())
-        if not pruned:
+        if pruned:
+            client.set_tag(run.info.run_id, "fedharness.failure",
+                           f"stopped by the tuning scheduler after round {trial.get('rounds')}")
+        else:
             client.set_tag(run.info.run_id, "fedharness.tune.superseded", "true")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
         shutil.rmtree(t.storage / "checkpoints" / run.info.run_id, ignore_errors=True)  # never resumed: rerun
 
 
