@@ -18,7 +18,7 @@ LAYERS = {
     "harness.models": 3, "harness.plugins": 3, "harness.interrupts": 3, "harness.plots": 3, "harness": 3,
     "harness.config": 4,
     "harness.engine": 5, "harness.tracking": 5,
-    "harness.studies": 6, "harness.reports": 6,
+    "harness.studies": 6, "harness.reports": 6, "harness.tuning": 6,
     "harness.cli": 7,
 }
 

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("partition", "summarize a partition and draw its heatmap"),
                            ("study", "run a grid of specs (one MLflow run per cell)"),
+                           ("tune", "tune every algorithm with one Ray Tune budget, then compare on fresh seeds"),
                            ("leaderboard", "rank runs of an experiment and export tables/plots"),
                            ("ui", "start the MLflow UI on 127.0.0.1")):
         sub.add_parser(name, help=helptext, add_help=False)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     show_traceback = "--traceback" in argv  # for bug reports: errors are one line otherwise
     argv = [a for a in argv if a != "--traceback"]
-    if argv and argv[0] in ("partition", "study", "leaderboard", "ui"):
+    if argv and argv[0] in ("partition", "study", "tune", "leaderboard", "ui"):
         return _delegate(argv[0], argv[1:], show_traceback)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may also come after options
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 def _delegate(command: str, argv: list[str], show_traceback: bool = False) -> int:
     import importlib
 
-    module = {"partition": "harness.cli.partition", "study": "harness.studies.cli",
+    module = {"partition": "harness.cli.partition", "study": "harness.studies.cli", "tune": "harness.tuning.cli",
               "leaderboard": "harness.reports.cli", "ui": "harness.cli.ui"}[command]
     return _one_line_errors(lambda: importlib.import_module(module).main(argv), show_traceback)
 
