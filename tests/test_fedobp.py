@@ -289,7 +289,7 @@ def test_local_update_stores_the_uploaded_model_as_theta():
         def set_vector(self, vec):
             self.vec = vec + 1.0
 
-        def train(self, job):
+        def train(self, job, **phase):
             pass
 
         def get_vector(self):

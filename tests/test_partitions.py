@@ -189,7 +189,9 @@ def test_digits_is_still_the_offline_default():
 
 def test_bad_data_and_partition_values_fail_with_field_value_and_choices():
     with pytest.raises(ConfigError, match=r"data.source.*unknown data source 'imagenet'; choose one of: arrays, "
-                                          r"cifar10, cifar100, digits, emnist, fashionmnist, hf, mnist, svhn"):
+                                          r"celeba, cifar10, cifar100, cinic10, digits, emnist, fashionmnist, "
+                                          r"femnist, hf, medmnist, mnist, sent140, shakespeare, svhn, synthetic, "
+                                          r"tinyimagenet "):
         load_config({"data": {"source": "imagenet"}})
     with pytest.raises(ConfigError, match=r"data.name='bywriter' is not an EMNIST split; choose one of: byclass"):
         load_config({"data": {"source": "emnist", "name": "bywriter"}})
