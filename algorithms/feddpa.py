@@ -21,7 +21,7 @@ the code implements; R1, R2 and the noise std are the code's formulas. Differenc
 - the Fisher mask of theta_k is computed at the end of k's participation, on the model it keeps, and stored: the
   authors compute it at the start of the next one on the same model and data (the same mask), and evaluation can
   use it. A first-time client computes it at the start on the global model, as the code does on the initial model;
-- per-sample gradients by torch.func.vmap (the code loops over samples); the Fisher pass counts one step per batch
+- per-sample gradients one sample at a time, as the code; the Fisher pass counts one step per batch
   on the virtual clock; under a step budget it uses the samples it reached, none: no mask stored, computed next time;
 - the run's optimizer (train.*) for both phases; the code: Adam, lr 1e-3. Buffers (BatchNorm statistics) are never
   personal and not clipped or noised;
@@ -39,7 +39,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch.func import functional_call, grad, vmap
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
 from algorithms.fedobp import quantile_linear
@@ -53,16 +52,19 @@ CODE = "xiyuanyang45/DynamicPFL options.py"
 
 # ----- the mechanism as functions (tested directly) ---------------------------------------------------------------
 def fisher_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per tensor: the sum over the batch of the squared per-sample gradients of log p(y|x) (eval mode)."""
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    """Per tensor: the sum over the batch of the squared per-sample gradients of log p(y|x) (eval mode).
 
-    def log_prob(p, xi, yi):
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return torch.log_softmax(out, dim=1)[0].gather(0, yi.unsqueeze(0))[0]  # no indexing by a tensor under vmap
-
-    grads = vmap(grad(log_prob), in_dims=(None, 0, 0))(params, x, y)
-    return {n: (g.double() ** 2).sum(0) for n, g in grads.items()}
+    One backward pass per sample: on this machine's CPU 2.7x faster than torch.func.vmap over the batch for the
+    avgcnn (0.096 vs 0.26 s per batch of 32) and 2.4x for the MLP, equal to 1e-6 relative."""
+    named = [(n, p) for n, p in model.named_parameters()]
+    params = [p for _, p in named]
+    sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in named}
+    with torch.enable_grad():
+        for i in range(len(y)):
+            log_prob = torch.log_softmax(model(x[i : i + 1]), dim=1)[0, y[i]]
+            for (n, _), g in zip(named, torch.autograd.grad(log_prob, params), strict=True):
+                sums[n] += g.double() ** 2
+    return sums
 
 
 def personal_mask(fisher: np.ndarray, segments: list[tuple[int, int]], tau: float,
