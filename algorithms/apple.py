@@ -49,6 +49,7 @@ from pydantic import Field
 from torch.func import functional_call
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.pool import ModelPool
 from algorithms.registry import register
 
 AUTHORS = "ljaiverson/pFL-APPLE utils/utils.py"
@@ -93,12 +94,12 @@ class APPLE(Algorithm):
         if not all(s.trainable for s in self.spec.slots):
             raise ValueError("apple: the model has float buffers (e.g. BatchNorm statistics), which a weighted sum "
                              f"of core models does not cover; tensors: {', '.join(self.spec.names)}")
-        self.pool_ids = np.zeros(0, dtype=np.int64)  # clients with a core model of their own (server state)
-        self.pool_models = np.zeros((0, self.spec.size), dtype=np.float32)
+        self.pool = ModelPool(self.spec.size)  # the core models of the clients that have trained (server state)
 
     def cores(self, global_vec: np.ndarray) -> np.ndarray:
         out = np.broadcast_to(global_vec, (self.ctx.num_clients, self.spec.size)).copy()
-        out[self.pool_ids] = self.pool_models
+        ids, models = self.pool.stacked()
+        out[ids] = models
         return out
 
     # ----- server side ----------------------------------------------------------------------------------------------
@@ -111,22 +112,14 @@ class APPLE(Algorithm):
         """No averaging: each upload replaces its client's core."""
         if not updates:
             return global_vec
-        pool = dict(zip(self.pool_ids.tolist(), self.pool_models, strict=True))
-        for u in updates:
-            pool[u.cid] = u.upload["model"].astype(np.float32)
-        ids = sorted(pool)
-        self.pool_ids = np.array(ids, dtype=np.int64)
-        self.pool_models = np.stack([pool[j] for j in ids])
+        self.pool.put(updates)
         return global_vec
 
     def server_state(self) -> State:
-        return {"pool_ids": self.pool_ids.copy(), "pool_models": self.pool_models.copy()} if len(self.pool_ids) else {}
+        return self.pool.state()
 
     def load_server_state(self, state: State) -> None:
-        self.pool_ids = np.asarray(state.get("pool_ids", np.zeros(0)), dtype=np.int64).copy()
-        models = state.get("pool_models")
-        self.pool_models = (np.asarray(models, dtype=np.float32).copy() if models is not None
-                            else np.zeros((0, self.spec.size), dtype=np.float32))
+        self.pool.load(state)
 
     def round_metrics(self, notes: Notes) -> dict[str, float]:
         return {"apple_reg_coef": float(notes[min(notes)]["reg_coef"])} if notes else {}

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from algorithms.base import Algorithm, ClientJob, ClientUpdate, Dispatch, Notes, Params, State
+from algorithms.pool import ModelPool
 from algorithms.registry import register
 from protocol.rng import rng
 
@@ -120,8 +121,7 @@ class PFedLA(Algorithm):
         super().__init__(params, ctx)
         self.groups = [np.concatenate([np.arange(s.start, s.stop) for s in g]) for g in self.spec.layer_groups()]
         self.layout = hn_layout(params.embedding_dim, params.hidden_dim, len(self.groups), ctx.num_clients)
-        self.pool_ids = np.zeros(0, dtype=np.int64)  # clients with a personalized model of their own (server state)
-        self.pool_models = np.zeros((0, self.spec.size), dtype=np.float32)
+        self.pool = ModelPool(self.spec.size)  # the clients with a personalized model of their own (server state)
 
     def new_hypernet(self, cid: int) -> np.ndarray:
         """FL-bench's initialisation: embedding N(0,1); MLP U(+-1/sqrt(fan_in)); output weights U(0,1), biases 0."""
@@ -142,8 +142,7 @@ class PFedLA(Algorithm):
 
     def model_of(self, cid: int, global_vec: np.ndarray) -> np.ndarray:
         """theta_cid: its own model where it has one, the initial model (the global vector) otherwise."""
-        k = np.searchsorted(self.pool_ids, cid)
-        return self.pool_models[k] if k < len(self.pool_ids) and self.pool_ids[k] == cid else global_vec
+        return self.pool.get(cid, global_vec)
 
     def alpha_of(self, hn_vec: np.ndarray, cid: int, grad: bool = False):
         hn = {k: torch.tensor(v, requires_grad=grad) for k, v in unflatten(hn_vec, self.layout).items()}
@@ -157,14 +156,14 @@ class PFedLA(Algorithm):
             state = {**state, "hn": hn_vec}
         with torch.no_grad():
             alpha = self.alpha_of(hn_vec, cid)[1].numpy()
-        model = aggregate_layers(alpha, self.pool_ids, self.pool_models, global_vec, self.groups)
+        model = aggregate_layers(alpha, *self.pool.stacked(), global_vec, self.groups)
         return Dispatch({"model": model}, state, {"self_weight": float(alpha[:, cid].mean())})
 
     def aggregate(self, global_vec: np.ndarray, updates: list[ClientUpdate], notes: Notes | None = None) -> np.ndarray:
         if not updates:
             return global_vec
-        ids, models = self.pool_ids, self.pool_models  # as at dispatch
-        pool = dict(zip(ids.tolist(), models, strict=True))
+        ids, models = self.pool.stacked()  # as at dispatch
+        trained = {}
         for u in sorted(updates, key=lambda u: u.cid):
             delta = u.upload["delta"]
             hn, alpha = self.alpha_of(u.state["hn"], u.cid, grad=True)
@@ -175,21 +174,17 @@ class PFedLA(Algorithm):
             new_hn = np.concatenate([(hn[n].detach() - self.params.hn_lr * (g if g is not None else 0.0)).reshape(-1)
                                      .numpy() for n, g in zip(names, grads, strict=True)]).astype(np.float32)
             theta = (self.model_of(u.cid, global_vec) - delta).astype(np.float32)
-            pool[u.cid] = theta
+            trained[u.cid] = theta
             u.state = {**u.state, "hn": new_hn, "model": theta}  # committed with the round
-        order = sorted(pool)
-        self.pool_ids = np.array(order, dtype=np.int64)
-        self.pool_models = np.stack([pool[j] for j in order]).astype(np.float32)
+        for cid, theta in trained.items():
+            self.pool.set(cid, theta)
         return global_vec
 
     def server_state(self) -> State:
-        return {"pool_ids": self.pool_ids.copy(), "pool_models": self.pool_models.copy()} if len(self.pool_ids) else {}
+        return self.pool.state()
 
     def load_server_state(self, state: State) -> None:
-        self.pool_ids = np.asarray(state.get("pool_ids", np.zeros(0)), dtype=np.int64).copy()
-        models = state.get("pool_models")
-        self.pool_models = (np.asarray(models, dtype=np.float32).copy() if models is not None
-                            else np.zeros((0, self.spec.size), dtype=np.float32))
+        self.pool.load(state)
 
     def round_metrics(self, notes: Notes) -> dict[str, float]:
         return {"pfedla_self_weight_mean": float(np.mean([notes[c]["self_weight"] for c in sorted(notes)]))} \

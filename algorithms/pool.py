@@ -1,5 +1,6 @@
-"""The server's pool of every client's last uploaded model (FedAMP, pFedSim): kept as server state, checkpointed as
-two arrays, and stacked in client-id order once per change (a round's dispatches all read the same stack)."""
+"""The server's pool of every client's last uploaded model (FedAMP, pFedSim, APPLE, pFedLA): kept as server state,
+checkpointed as two arrays, and stacked in client-id order once per change (a round's dispatches all read the same
+stack)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class ModelPool:
 
     def get(self, cid: int, default: np.ndarray | None = None) -> np.ndarray | None:
         return self.models.get(cid, default)
+
+    def set(self, cid: int, model: np.ndarray) -> None:
+        """One client's entry (a float32 copy of `model`)."""
+        self.models[cid] = np.asarray(model, dtype=np.float32).copy()
+        self._stacked = None
 
     def put(self, updates) -> None:
         """The uploads (ClientUpdates with upload["model"]) replace their clients' entries."""

@@ -109,10 +109,10 @@ def test_pfedla_layer_weights_are_the_hypernetworks_normalised_output_and_learn_
     a, n = s.algo, s.data.num_clients
     gen = np.random.default_rng(0)
     pool_ids = np.array([1, 4, 7])
-    a.load_server_state({"pool_ids": pool_ids, "pool_models": (s.init + gen.normal(0, 0.1, (3, s.init.size)))
+    a.load_server_state({"pool_cids": pool_ids, "pool_models": (s.init + gen.normal(0, 0.1, (3, s.init.size)))
                          .astype(np.float32)})
     models = np.broadcast_to(s.init, (n, s.init.size)).copy()
-    models[pool_ids] = a.pool_models
+    models[pool_ids] = a.pool.stacked()[1]
     sent, u = s.train(4, 2, s.init)
     # alpha by hand: MLP with ReLUs, then ReLU(W^l f + b^l) normalised per layer over the N clients
     hn = {k: v.astype(np.float64) for k, v in pfedla.unflatten(sent.state["hn"], a.layout).items()}
@@ -144,8 +144,9 @@ def test_pfedla_layer_weights_are_the_hypernetworks_normalised_output_and_learn_
     assert not np.allclose(u.state["hn"], sent.state["hn"], rtol=0, atol=1e-6)
     # theta_4 takes the local update; it joins the pool the next dispatches aggregate from
     np.testing.assert_allclose(u.state["model"], models[4] - delta, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(a.pool_ids, [1, 4, 7])
-    np.testing.assert_array_equal(a.pool_models[1], u.state["model"])
+    ids, pooled = a.pool.stacked()
+    np.testing.assert_array_equal(ids, [1, 4, 7])
+    np.testing.assert_array_equal(pooled[1], u.state["model"])
     np.testing.assert_array_equal(s.eval_vector(4, 3, s.init, u.state), u.state["model"])
 
 

@@ -154,7 +154,7 @@ def test_apple_personal_model_is_the_dr_weighted_sum_of_cores_and_the_prox_term_
     s = Setup(tmp_path, "apple", "algorithm.dr_lr=0.05")
     a, n = s.algo, s.data.num_clients
     gen = np.random.default_rng(0)
-    a.load_server_state({"pool_ids": np.array([0, 2, 6]),
+    a.load_server_state({"pool_cids": np.array([0, 2, 6]),
                          "pool_models": (s.init + gen.normal(0, 0.1, (3, s.init.size))).astype(np.float32)})
     cores = a.cores(s.init)
     shares = np.array([len(s.data.train_of(j)) for j in range(n)], dtype=np.float64)
