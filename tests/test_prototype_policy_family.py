@@ -180,3 +180,18 @@ def test_apple_personal_model_is_the_dr_weighted_sum_of_cores_and_the_prox_term_
         t.algo.load_server_state(a.server_state())
         gaps.append(np.linalg.norm(t.train(2, 0, s.init)[1].state["p"] - shares))
     assert gaps[1] < 0.8 * gaps[0]
+
+
+def test_apple_core_lr_scale_num_clients_multiplies_the_own_core_step_by_n(tmp_path):
+    # tiny lr, no momentum: the core moves ~linearly in its lr, so N x the lr gives ~N x the displacement,
+    # while the DR vector (its own lr) moves the same
+    steps = {}
+    for scale in ("one", "num_clients"):
+        s = Setup(tmp_path / scale, "apple", "train.lr=1e-5", "train.momentum=0",
+                  f"algorithm.core_lr_scale={scale}")
+        sent, u = s.train(2, 0, s.init)
+        steps[scale] = (u.upload["model"].astype(np.float64) - s.init, u.state["p"])
+    n = s.data.num_clients
+    ratio = np.linalg.norm(steps["num_clients"][0]) / np.linalg.norm(steps["one"][0])
+    assert ratio == pytest.approx(n, rel=0.02)
+    np.testing.assert_allclose(steps["num_clients"][1], steps["one"][1], rtol=1e-3, atol=1e-6)
