@@ -35,6 +35,20 @@ def test_scaffold_control_update_is_option_two(tmp_path):
     assert steps > 0
 
 
+def test_scaffold_momentum_correction_divides_by_the_effective_step(tmp_path):
+    worker, cfg = _worker(tmp_path, "scaffold", "train.momentum=0.7", "algorithm.scaffold.momentum_correction=true")
+    x = worker.trainer.get_vector()
+    zero = np.zeros(worker.algo.spec.size, dtype=np.float32)
+    u = worker.train([ClientJob(0, 0, {"model": x, "control": zero}, {"control": zero})])[0]
+    y, steps = u.upload["model"].astype(np.float64), u.steps
+    expected = (1 - 0.7) * (x.astype(np.float64) - y) / (steps * cfg.train.lr)  # K lr / (1 - beta)
+    np.testing.assert_allclose(u.state["control"], expected.astype(np.float32), rtol=1e-5, atol=1e-8)
+    plain = _worker(tmp_path / "plain", "scaffold", "train.momentum=0.7")[0]
+    v = plain.train([ClientJob(0, 0, {"model": x, "control": zero}, {"control": zero})])[0]
+    np.testing.assert_array_equal(v.upload["model"], u.upload["model"])  # the training itself is unchanged
+    np.testing.assert_allclose(v.state["control"] * 0.3, u.state["control"], rtol=1e-5, atol=1e-8)
+
+
 def test_scaffold_with_equal_controls_trains_exactly_like_fedavg(tmp_path):
     worker, _ = _worker(tmp_path / "s", "scaffold")
     fedavg, _ = _worker(tmp_path / "f", "fedavg")
