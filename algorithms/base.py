@@ -172,6 +172,14 @@ class Algorithm:
         and its stored state. Default: the global model."""
         return job.payload["model"]
 
+    def evaluate_personal(self, job: ClientJob, trainer: Trainer, vec: np.ndarray,
+                          split: str = "test") -> tuple[int, float, int]:
+        """(correct, summed loss, count) of the client's personalized prediction with the model `vec` on one of its
+        splits: every personalized evaluation (all clients; the sampled clients' before/after) goes through here.
+        Default: the model's own forward (trainer.evaluate). An algorithm whose prediction is not one model's
+        forward overrides it (kNN-Per interpolates with a memory of the client's training features)."""
+        return trainer.evaluate(vec, job.cid, split)
+
     def received_vector(self, job: ClientJob, trainer: Trainer) -> np.ndarray:
         """The model a sampled client starts its local training from (the "before" of the sampled-client
         evaluation, FL-bench's evaluation between set_parameters and fit). Default: eval_vector."""

@@ -14,17 +14,13 @@ log-likelihood, then the smaller λ) on the client's VALIDATION split when the p
 (partition.val_fraction > 0), otherwise on its training split with leave-one-out neighbours (a training sample
 never retrieves itself); the test split is never used to choose. `lam` fixes one λ for every client instead.
 
-How evaluation sees it (the existing hook, no engine change): the engine evaluates a client with
-`trainer.evaluate(algo.eval_vector(job, trainer))`, i.e. the model's forward on the vector eval_vector returns.
-`eval_vector` receives the trainer, so it builds the client's memory there (the global model's features of the
-client's training split, and λ_t), hands it to the worker's model (`KnnModel.memory`, a plain attribute outside
-the flat vector and the state dict) and returns the global vector with the float buffer `knn_on` set to the client's
-token (id + 1). In evaluation mode the model interpolates only while `knn_on` equals the installed memory's token;
-the global vector has `knn_on` = 0, so global_acc is the plain FedAvg model and personal_acc the interpolated
-prediction; the validation metrics (personal_val_*) use the interpolation too. Any training-mode forward drops the
-memory, so the fine-tuned evaluation (eval_finetune_epochs) measures the fine-tuned model WITHOUT kNN (its features
-changed; the memory would be stale). Nothing is kept per client (no client state): the memory is rebuilt from the
-current global model at each evaluation, as the authors build it once from the final model.
+How evaluation sees it: through the `Algorithm.evaluate_personal` hook, which every personalized evaluation
+calls (all clients, test and validation splits; the sampled clients' before/after). kNN-Per's builds the client's
+memory under the model it is given (the global model's features of the client's training split, and λ_t) and
+predicts with the interpolation; the global model's own evaluation (global_acc) and the fine-tuned evaluation
+(eval_finetune_epochs: the fine-tuned model's features changed, a memory would be stale) are the plain model.
+Nothing is kept per client (no client state): the memory is rebuilt from the current global model at each
+evaluation, as the authors build it once from the final model.
 
 Checked against the paper (Sec. 3-4: kNN over the shared representation, interpolation of probabilities), the
 authors' code (omarfoq/knn-per: client.KNNPerClient.gather_knn_outputs, eval_knnper.py) and FL-bench
@@ -46,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.base import Algorithm, ClientJob, Params
 from algorithms.registry import register
 
 GRID_STEP = 0.01  # the authors' --weights_grid_resolution in their paper_experiments scripts
@@ -103,9 +99,8 @@ def choose_lambda(p_knn: torch.Tensor | None, logits: torch.Tensor, y: torch.Ten
 
 @dataclass
 class Memory:
-    """A client's kNN memory, installed on the worker's model by eval_vector for that client's evaluation."""
+    """A client's kNN memory: its training features and labels under one model, and its λ."""
 
-    token: float
     keys: torch.Tensor
     labels: torch.Tensor
     lam: float
@@ -118,28 +113,6 @@ class Memory:
         return interpolate(self.lam, p_knn, logits)
 
 
-class KnnModel(nn.Module):
-    """body -> head; in evaluation mode with a matching memory: log of the kNN-interpolated probabilities."""
-
-    def __init__(self, body: nn.Module, head: nn.Module):
-        super().__init__()
-        self.body = body
-        self.head = head
-        self.register_buffer("knn_on", torch.zeros(1))
-        self.memory: Memory | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.body(x)
-        logits = self.head(z)
-        if self.training:
-            self.memory = None  # the features change: a memory built before would be stale
-            return logits
-        mem = self.memory
-        if mem is None or float(self.knn_on[0]) != mem.token:
-            return logits
-        return torch.log(mem.predict(z, logits).clamp_min(1e-10)).float()
-
-
 @register
 class KnnPer(Algorithm):
     """kNN-Per: FedAvg training; each client interpolates the global model with a kNN on its training features."""
@@ -148,20 +121,6 @@ class KnnPer(Algorithm):
     Params = KnnPerParams
     source = ("Marfoq et al. 2022 (probability interpolation, Gaussian kernel); k 7 (authors' cifar10 script), "
               "scale 1 (authors' default), λ per client on a 0.01 grid (authors' grid) on validation/train data")
-
-    def build_model(self, model: nn.Module) -> nn.Module:
-        return KnnModel(model.body, model.head)
-
-    def __init__(self, params: KnnPerParams, ctx):
-        super().__init__(params, ctx)
-        self.on = self.spec.slot("knn_on")
-
-    def shared_mask(self) -> np.ndarray:
-        return ~self.spec.mask(["knn_on"])
-
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.model.memory = None
-        return super().local_update(job, trainer)
 
     @torch.no_grad()
     def embed(self, job: ClientJob, trainer, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -192,12 +151,17 @@ class KnnPer(Algorithm):
             else:
                 p_loo = knn_probs(keys, keys, labels, self.ctx.num_classes, p.k, p.scale, exclude_self=True)
                 lam = choose_lambda(p_loo, train_logits, labels)
-        return Memory(float(job.cid + 1), keys, labels, float(lam), p.k, p.scale, self.ctx.num_classes)
+        return Memory(keys, labels, float(lam), p.k, p.scale, self.ctx.num_classes)
 
-    def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
-        vec = job.payload["model"].copy()
-        vec[self.on.start : self.on.stop] = 0.0
+    @torch.no_grad()
+    def evaluate_personal(self, job: ClientJob, trainer, vec: np.ndarray,
+                          split: str = "test") -> tuple[int, float, int]:
+        """The interpolated prediction λ p_kNN + (1 − λ) p_model on a split, with the memory built under `vec`;
+        the loss is the negative log of the interpolated probability of the label (floored at 1e-10)."""
         memory = self.build_memory(job, trainer, vec)
-        trainer.model.memory = memory
-        vec[self.on.start : self.on.stop] = memory.token
-        return vec
+        z, logits, y = self.embed(job, trainer, split)
+        if len(y) == 0:
+            return 0, 0.0, 0
+        log_p = torch.log(memory.predict(z, logits).clamp_min(1e-10)).float()
+        loss = float(F.cross_entropy(log_p, y, reduction="sum"))
+        return int((log_p.argmax(1) == y).sum()), loss, len(y)

@@ -115,41 +115,39 @@ def test_knnper_memory_holds_the_training_split_and_lambda_0_1_give_model_and_kn
     s = Setup(tmp_path, "knnper", "algorithm.lam=0.0")
     cid = 2
     job = ClientJob(cid, 1, {"model": s.init}, {})
-    vec = s.algo.eval_vector(job, s.trainer)
-    mem = s.trainer.model.memory
+    np.testing.assert_array_equal(s.algo.eval_vector(job, s.trainer), s.init)  # the personalized MODEL is global
+    mem = s.algo.build_memory(job, s.trainer, s.init)
     x_train, y_train = s.split(cid, "train")
     with torch.no_grad():
         s.trainer.set_vector(s.init)
         feats = s.trainer.model.body(x_train)
     assert torch.equal(mem.labels, y_train) and torch.equal(mem.keys, feats)  # the training split only
-    # lambda = 0: the personalized prediction is the global model's; the global vector never uses the memory
-    personal, plain = s.trainer.evaluate(vec, cid), s.trainer.evaluate(s.init, cid)
-    assert personal[0] == plain[0] and personal[1] == pytest.approx(plain[1], rel=1e-5)
-    x, y = s.split(cid, "test")
-    s.trainer.set_vector(vec)
-    s.trainer.model.eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(s.trainer.model(x).numpy(), torch.log_softmax(s.trainer.model.head(
-            s.trainer.model.body(x)).double(), 1).numpy(), atol=1e-5)
+    # lambda = 0: the personalized prediction is the global model's
+    personal, plain = s.algo.evaluate_personal(job, s.trainer, s.init), s.trainer.evaluate(s.init, cid)
+    assert personal[0] == plain[0] and personal[2] == plain[2] and personal[1] == pytest.approx(plain[1], rel=1e-5)
     # lambda = 1: the kNN prediction, by hand (numpy): the 7 nearest training features, Gaussian kernel
     s1 = Setup(tmp_path / "one", "knnper", "algorithm.lam=1.0")
-    vec = s1.algo.eval_vector(job, s1.trainer)
-    s1.trainer.set_vector(vec)
+    x, y = s.split(cid, "test")
+    mem1 = s1.algo.build_memory(job, s1.trainer, s.init)
     model = s1.trainer.model.eval()
     with torch.no_grad():
-        out = torch.exp(model(x)).double().numpy()
-        zq = model.body(x).double().numpy()
-    keys, lab = feats.double().numpy(), y_train.numpy()
-    for i in range(min(5, len(zq))):
+        zq = model.body(x)
+        out = mem1.predict(zq, model.head(zq)).numpy()
+    keys, lab, zq = feats.double().numpy(), y_train.numpy(), zq.double().numpy()
+    expected_all = []
+    for i in range(len(zq)):
         d2 = ((keys - zq[i]) ** 2).sum(1)
         near = np.argsort(d2, kind="stable")[:7]
         w = np.exp(-(d2[near] - d2[near].min()) / keys.shape[1])
-        expected = np.bincount(lab[near], weights=w / w.sum(), minlength=out.shape[1])
-        np.testing.assert_allclose(out[i], np.maximum(expected, 1e-10), atol=1e-6)
-    # a training-mode forward drops the memory (fine-tuning changes the features), and other clients never see it
-    model.train()
-    model(x[:2])
-    assert model.memory is None
+        expected_all.append(np.bincount(lab[near], weights=w / w.sum(), minlength=out.shape[1]))
+    expected_all = np.array(expected_all)
+    np.testing.assert_allclose(out, expected_all, atol=1e-6)
+    # ... and the hook's metrics are that prediction's: accuracy and summed negative log-likelihood
+    correct, loss, n = s1.algo.evaluate_personal(job, s1.trainer, s.init)
+    y_np = y.numpy()
+    assert n == len(y_np) and correct == int((expected_all.argmax(1) == y_np).sum())
+    picked = np.maximum(expected_all[np.arange(len(y_np)), y_np], 1e-10)
+    assert loss == pytest.approx(float(-np.log(picked).sum()), rel=1e-4)
 
 
 def test_knnper_selects_lambda_on_validation_never_test(tmp_path, monkeypatch):
@@ -159,10 +157,9 @@ def test_knnper_selects_lambda_on_validation_never_test(tmp_path, monkeypatch):
     original = s.algo.embed
     monkeypatch.setattr(s.algo, "embed", lambda job, trainer, split: seen.append(split) or original(job, trainer,
                                                                                                     split))
-    s.algo.eval_vector(ClientJob(cid, 1, {"model": s.init}, {}), s.trainer)
+    mem = s.algo.build_memory(ClientJob(cid, 1, {"model": s.init}, {}), s.trainer, s.init)
     assert seen == ["train", "val"]
     z, logits, y = original(ClientJob(cid, 1, {"model": s.init}, {}), s.trainer, "val")
-    mem = s.trainer.model.memory
     assert mem.lam == choose_lambda(knn_probs(z, mem.keys, mem.labels, 10, 7, 1.0), logits, y)
 
 

@@ -124,7 +124,7 @@ class Worker:
         return self._sampled_correct(job, self.algo.received_vector(job, self.trainer))
 
     def _sampled_correct(self, job: ClientJob, vec: np.ndarray) -> tuple[int, int]:
-        correct, _, n = self.trainer.evaluate(vec, job.cid)
+        correct, _, n = self.algo.evaluate_personal(job, self.trainer, vec)
         return correct, n
 
     def evaluate(self, jobs: list[ClientJob]) -> list[ClientEval]:
@@ -135,9 +135,9 @@ class Worker:
         for job in jobs:
             self.trainer.start(job)
             personal = self.algo.eval_vector(job, self.trainer)
-            correct, loss, n = self.trainer.evaluate(personal, job.cid)
-            val = self.trainer.evaluate(None, job.cid, split="val") if len(self.data.split_of(job.cid, "val")) \
-                else (float("nan"), float("nan"), 0)  # the personalized model is still loaded
+            correct, loss, n = self.algo.evaluate_personal(job, self.trainer, personal)
+            val = self.algo.evaluate_personal(job, self.trainer, personal, "val") \
+                if len(self.data.split_of(job.cid, "val")) else (float("nan"), float("nan"), 0)
             if not self.algo.has_global_model:
                 g_correct, g_loss = float("nan"), float("nan")
             elif self.algo.personal_is_global():  # FedAvg-like: the personalized model is the global one
