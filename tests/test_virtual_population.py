@@ -68,6 +68,8 @@ def test_a_client_is_a_deterministic_resample_of_its_base_client(population, tmp
         validate(femnist_tree(tmp_path, seed=1))))
     assert not np.array_equal(other.base_of[:100], fed.base_of[:100])
     assert fed.digest() == again.digest() != other.digest()
+    cached = build_federated_dataset(*spec_of(validate(femnist_tree(tmp_path))))  # the base from the cache
+    assert cached.meta["cache"] == "hit" and cached.digest() == fed.digest()
 
 
 def test_a_million_clients_cost_a_few_megabytes(population, tmp_path):
@@ -139,10 +141,16 @@ def test_fedavg_over_a_million_clients_end_to_end_and_resumes_bit_identically(tm
 
 
 def test_fedper_keeps_state_only_for_participants_on_disk(tmp_path):
+    """Tracked in MLflow too: the run's partition artifacts cover a bounded sample of the million clients."""
     store = tmp_path / "store"
     cfg = validate(femnist_tree(tmp_path, algorithm={"name": "fedper"}, rounds=2,
-                                store={"backend": "disk", "path": str(store)}, keep_checkpoint=True))
+                                store={"backend": "disk", "path": str(store)}, keep_checkpoint=True,
+                                tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "virtual"}))
     result = run(cfg, progress=False)
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id).data.tags
+    assert tags["partition.clients"] == str(MILLION) and tags["partition.summarized_clients"] == str(DENSE_LIMIT)
     participants = set(result.client_log["client"].astype(int))
     files = list(store.glob("[0-9][0-9][0-9]/*.npy"))
     assert 0 < len(participants) <= 16
