@@ -168,6 +168,9 @@ class RunConfig(Strict):
     eval_sampled: bool = Field(False, description=(
         "per round, pooled accuracy of the sampled clients' test splits before local training (the model each "
         "received) and after it: FL-bench's accuracy_test_before/after (sampled_acc_before/_after)"))
+    eval_clients: int | None = Field(None, ge=1, description=(
+        "at evaluation rounds, evaluate this many clients (a fixed sample drawn once from the seed) instead of every "
+        "client; needed above 10,000 clients of a virtual population (partition.virtual_clients)"))
     eval_finetune_epochs: int = Field(0, ge=0, description=(
         "at evaluation rounds, also evaluate every client after this many epochs of fine-tuning its "
         "personalized model on its training split (FL-bench's finetune_epoch; personal_ft_*); stored state "
@@ -207,16 +210,24 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _clients_per_round_fits(self) -> RunConfig:
-        if self.clients_per_round is not None and self.clients_per_round > self.partition.num_clients:
+        p = self.partition
+        field = self._population_field()
+        if self.clients_per_round is not None and self.clients_per_round > p.population:
             raise ValueError(f"clients_per_round={self.clients_per_round} is more than the partition's "
-                             f"{self.partition.num_clients} clients (partition.num_clients)")
+                             f"{p.population} clients ({field})")
+        if self.eval_clients is not None and self.eval_clients > p.population:
+            raise ValueError(f"eval_clients={self.eval_clients} is more than the partition's {p.population} clients "
+                             f"({field}); leave it unset to evaluate every client")
         return self
+
+    def _population_field(self) -> str:
+        return "partition.virtual_clients" if self.partition.virtual_clients is not None else "partition.num_clients"
 
     def sampled_per_round(self, num_train_clients: int) -> int:
         """Clients sampled per round; more than the training clients is an error, never a silent clamp."""
         if self.clients_per_round is not None and self.clients_per_round > num_train_clients:
             raise ConfigError(f"clients_per_round={self.clients_per_round} is more than the {num_train_clients} "
-                              f"clients that train (partition.num_clients={self.partition.num_clients}, "
+                              f"clients that train ({self._population_field()}={self.partition.population}, "
                               f"unseen_fraction={self.partition.unseen_fraction})")
         k = self.clients_per_round or max(1, round(self.join_ratio * num_train_clients))
         return min(k, num_train_clients)
@@ -233,6 +244,8 @@ class RunConfig(Strict):
         if body["train"].get("batched") == "off":  # the default: hashes of runs recorded before it stay the same
             body["train"].pop("batched")
             body["train"].pop("cohort_size", None)
+        if body.get("eval_clients", 0) is None:  # the default: hashes of runs recorded before it stay the same
+            body.pop("eval_clients")
         if body.get("empty_round_policy") == "fail":  # the default: hashes of runs recorded before it stay the same
             body.pop("empty_round_policy")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ from partitions.shift import apply_feature_shift, feature_shift_params
 from partitions.sources import SOURCES, load_source, source
 from partitions.spec import DataSpec, FeatureShiftSpec, PartitionSpec
 from partitions.splits import split_owner
+from partitions.virtual import VirtualFederatedDataset
 from protocol.rng import rng
 
 __all__ = ["SCHEMES", "SOURCES", "ArrayData", "DataSpec", "Deal", "FeatureShiftSpec", "FederatedDataset",
@@ -39,12 +40,20 @@ def partition_key(data: ArrayData, partition: PartitionSpec, seed: int) -> tuple
     about = {"format": PARTITION_FORMAT, "dataset": data.name, "n": int(len(data.y)),
              "x_shape": list(data.x.shape), "x_dtype": str(data.x.dtype),
              "labels_sha256": array_digest(data.y, data.groups),
-             "partition": partition.identity_dump(exclude={"cache_dir"}), "seed": int(seed)}
+             "partition": partition.identity_dump(exclude={"cache_dir", "virtual_clients"}), "seed": int(seed)}
     return digest(about), about
 
 
 def partition_data(data: ArrayData, partition: PartitionSpec, seed: int) -> FederatedDataset:
-    """Partition in-memory arrays (what build_federated_dataset does after loading the source)."""
+    """Partition in-memory arrays (what build_federated_dataset does after loading the source); with
+    partition.virtual_clients, the virtual population over that partition (partitions/virtual.py)."""
+    fed = _base_partition(data, partition, seed)
+    if partition.virtual_clients is not None:
+        return VirtualFederatedDataset.over(fed, partition.virtual_clients, seed)
+    return fed
+
+
+def _base_partition(data: ArrayData, partition: PartitionSpec, seed: int) -> FederatedDataset:
     k = partition.num_clients
     cache = PartitionCache(partition.cache_dir) if partition.cache_dir else None
     key, about = partition_key(data, partition, seed)

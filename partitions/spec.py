@@ -115,6 +115,9 @@ class PartitionSpec(Strict):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="local test share of each client")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="local validation share of each client")
     cache_dir: str | None = Field(".cache/partitions", description="partition cache; null disables it")
+    virtual_clients: int | None = Field(None, ge=1, description=(
+        "N virtual clients over this partition (the base): client c resamples base client f(seed, c)'s splits "
+        "on demand, so N may be 1,000,000 (partitions/virtual.py); null = the partition's own clients"))
 
     @field_validator("scheme", mode="plain")
     @classmethod
@@ -139,6 +142,9 @@ class PartitionSpec(Strict):
             raise ValueError(
                 f"test_fraction + val_fraction must be < 1, got {self.test_fraction} + {self.val_fraction}"
             )
+        if self.virtual_clients is not None and (self.unseen_fraction > 0 or self.feature_shift.kind != "none"):
+            raise ValueError("partition.virtual_clients needs unseen_fraction=0 and feature_shift.kind=none (a "
+                             "virtual client resamples a base client's splits; neither is defined per virtual client)")
         n_unseen = int(round(self.unseen_fraction * self.num_clients))
         if n_unseen >= self.num_clients:
             raise ValueError(f"unseen_fraction={self.unseen_fraction} of {self.num_clients} clients leaves no "
@@ -167,7 +173,15 @@ class PartitionSpec(Strict):
         model_dump(mode="json") laid out as before the registry, i.e. with every built-in scheme's
         keys, at their defaults where the chosen scheme has no such key. Cache entries and config
         hashes of runs started before the registry therefore stay the same."""
-        return {**PRE_REGISTRY_KEYS, **self.model_dump(mode="json", exclude=exclude)}
+        dump = {**PRE_REGISTRY_KEYS, **self.model_dump(mode="json", exclude=exclude)}
+        if dump.get("virtual_clients", 0) is None:  # the default: identities from before the option stay the same
+            dump.pop("virtual_clients")
+        return dump
+
+    @property
+    def population(self) -> int:
+        """The clients a run samples from: virtual_clients when set, else num_clients."""
+        return self.virtual_clients or self.num_clients
 
 
 COMMON_KEYS = frozenset(PartitionSpec.model_fields)

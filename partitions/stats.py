@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from partitions.federated import FederatedDataset  # noqa: E402
+from partitions.virtual import is_virtual  # noqa: E402
 
 
 def imbalance_index(counts: np.ndarray) -> float:
@@ -32,9 +33,21 @@ def imbalance_index(counts: np.ndarray) -> float:
     return float(0.5 * np.abs(local - overall).sum(1)[sizes[:, 0] > 0].mean())
 
 
+def _report_counts(fed: FederatedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(clients, their label counts): every client, or for a virtual population (partitions/virtual.py) its
+    `report_clients` (a seeded sample of at most 10,000) so that no N x classes array is built."""
+    if is_virtual(fed):
+        clients = fed.report_clients()
+        return clients, fed.label_counts_of(clients)
+    return np.arange(fed.num_clients), fed.label_counts()
+
+
 def partition_summary(fed: FederatedDataset) -> dict[str, float | int | str]:
     """One row: clients, samples per client (min/median/max, coefficient of variation), classes
-    per client, label imbalance (mean TV distance to the global label distribution), split sizes."""
+    per client, label imbalance (mean TV distance to the global label distribution), split sizes.
+    A virtual population: sizes over all clients, classes and imbalance over `report_clients`."""
+    if is_virtual(fed):
+        return _virtual_summary(fed)
     counts = fed.label_counts()
     sizes = counts.sum(1)
     classes = (counts > 0).sum(1)
@@ -59,6 +72,25 @@ def partition_summary(fed: FederatedDataset) -> dict[str, float | int | str]:
     return out
 
 
+def _virtual_summary(fed: FederatedDataset) -> dict[str, float | int | str]:
+    sizes = sum(fed.sizes(split) for split in fed.index)
+    clients, counts = _report_counts(fed)
+    classes = (counts > 0).sum(1)
+    out: dict[str, float | int | str] = {
+        "dataset": fed.name, "scheme": str(fed.meta.get("scheme", "")) + " (virtual)",
+        "clients": int(fed.num_clients), "train_clients": int(len(fed.train_clients)),
+        "base_clients": int(fed.base_clients), "summarized_clients": int(len(clients)),
+        "samples": int(sizes.sum()), "samples_min": int(sizes.min()), "samples_median": float(np.median(sizes)),
+        "samples_max": int(sizes.max()), "samples_cv": round(float(sizes.std() / max(sizes.mean(), 1e-12)), 4),
+        "classes_per_client_mean": round(float(classes.mean()), 4),
+        "classes_per_client_min": int(classes.min()), "classes_per_client_max": int(classes.max()),
+        "imbalance_index": round(imbalance_index(counts), 4),
+    }
+    for split in fed.index:
+        out[f"{split}_samples"] = int(fed.sizes(split).sum())
+    return out
+
+
 def format_summary(summary: dict) -> str:
     """Two-column text table (metric | value) for the terminal."""
     width = max(len(k) for k in summary)
@@ -70,11 +102,15 @@ def format_summary(summary: dict) -> str:
 
 
 def per_client_table(fed: FederatedDataset) -> pd.DataFrame:
-    counts = fed.label_counts()
-    df = pd.DataFrame({"client": np.arange(fed.num_clients)})
+    """One row per client (a virtual population: per report client, with its base client)."""
+    clients, counts = _report_counts(fed)
+    df = pd.DataFrame({"client": clients})
     for split in fed.index:
-        df[f"{split}_samples"] = fed.sizes(split)
+        df[f"{split}_samples"] = fed.sizes(split)[clients]
     df["classes"] = (counts > 0).sum(1)
+    if is_virtual(fed):
+        df["base_client"] = fed.base_of[clients]
+        return df
     df["unseen"] = ~np.isin(df["client"], fed.train_clients)
     if "client_groups" in fed.meta:
         df["group"] = fed.meta["client_groups"]
@@ -88,8 +124,8 @@ def per_client_table(fed: FederatedDataset) -> pd.DataFrame:
 def plot_label_heatmap(fed: FederatedDataset, path: Path, max_clients: int = 200) -> Path:
     """Samples per (label, client) for the first `max_clients` clients, with the client sizes
     above it on the same x axis; unseen (evaluation-only) clients are marked."""
-    counts = fed.label_counts()
-    shown = counts[:max_clients]
+    first = np.arange(min(max_clients, fed.num_clients))
+    shown = fed.label_counts_of(first) if is_virtual(fed) else fed.label_counts()[:max_clients]
     n_shown = len(shown)
     height = 2.2 + 0.1 * min(fed.num_classes, 100)
     fig, (top, ax) = plt.subplots(2, 1, figsize=(min(16, 4 + 0.06 * n_shown), height + 1.6), sharex=True,

@@ -75,3 +75,18 @@ def test_bench_throughput_quick(tmp_path):
     assert len(row["round_s"]["harness"]) == result["settings"]["rounds"]
     assert len(row["round_s"]["compute"]) == result["settings"]["rounds"]
     assert row["round_s"]["flower"] == []  # Flower is not part of the quick mode
+
+
+def test_bench_scale_1m_quick(tmp_path):
+    if not (ROOT.parent / "shared" / "data" / "femnist" / "femnist_300writers.npz").exists():
+        pytest.skip("real FEMNIST (../shared/data/femnist) is absent")
+    result = run_script("bench_scale_1m.py", tmp_path / "results", "--workdir", str(tmp_path / "work"))
+    (rows,) = result["tables"].values()
+    assert {(r["algorithm"], r["clients"]) for r in rows} == {(a, n) for a in ("fedavg", "fedper")
+                                                                 for n in (10_000, 20_000)}
+    for row in rows:
+        assert row["virtual_arrays_mib"] == pytest.approx(row["clients"] * 12 / 2**20)  # int32 + int64 per client
+        assert 0 < row["participants"] <= row["per_round"] * result["settings"]["rounds"]
+        # state only for participants: FedPer one head file each, FedAvg none
+        assert row["store_files"] == (row["participants"] if row["algorithm"] == "fedper" else 0)
+        assert positive(row["round_s"]) and positive(row["peak_driver_rss_mib"])

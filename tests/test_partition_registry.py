@@ -96,7 +96,7 @@ def test_builtin_scheme_keys_are_the_pre_registry_fields():
                 "unseen_fraction": 0.0, "test_fraction": 0.25, "val_fraction": 0.0, "cache_dir": None}
     part = PartitionSpec(**old_dump)  # a config saved before the registry still loads ...
     assert part.model_dump(exclude={"scheme", "num_clients", "min_samples", "feature_shift", "unseen_fraction",
-                                    "test_fraction", "val_fraction", "cache_dir"}) == {
+                                    "test_fraction", "val_fraction", "cache_dir", "virtual_clients"}) == {
         "quantity_distribution": "powerlaw", "quantity_sigma": 1.0, "powerlaw_exponent": 1.2}
     assert part.identity_dump() == old_dump  # ... and keeps its identity (cache key, config hash)
 

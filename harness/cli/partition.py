@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = cfg.partition
     shift = "" if p.feature_shift.kind == "none" else f", feature shift {p.feature_shift.kind}"
-    print(f"{fed.name}: {scheme_label(p)}{shift}, {p.num_clients} clients, "
+    clients = (f"{p.virtual_clients:,} virtual clients over {p.num_clients}" if p.virtual_clients is not None
+               else f"{p.num_clients} clients")
+    print(f"{fed.name}: {scheme_label(p)}{shift}, {clients}, "
           f"seed {cfg.seed}; built in {seconds:.2f}s (cache {fed.meta.get('cache')})")
     print(format_summary(partition_summary(fed)))
     for path in paths:

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from harness.engine.rounds import waves
+from partitions.virtual import DENSE_LIMIT, is_virtual
 from protocol.messages import ClientEval, ClientJob
+from protocol.rng import rng
 
 
 def per_client_frame(evals: list[ClientEval]) -> pd.DataFrame:
@@ -74,12 +76,27 @@ def evaluation_metrics(evals: list[ClientEval], unseen: set[int]) -> tuple[dict[
     return metrics, df
 
 
+def evaluation_clients(eval_clients: int | None, data, seed: int) -> list[int]:
+    """The clients evaluated at each evaluation round: every client (eval_clients unset), or a fixed sample of
+    `eval_clients` drawn once from rng(seed, "eval-clients"), sorted. Every client of a virtual population above
+    DENSE_LIMIT is refused (a 1,000,000-client evaluation would train-time dwarf the run)."""
+    n = data.num_clients
+    if eval_clients is None or eval_clients >= n:
+        if is_virtual(data) and n > DENSE_LIMIT:
+            raise ValueError(f"evaluating all {n:,} clients of a virtual population (partition.virtual_clients) is "
+                             f"refused above {DENSE_LIMIT:,}; set eval_clients (a fixed seeded sample evaluated at "
+                             f"each evaluation round), e.g. eval_clients=1000")
+        return list(range(n))
+    return np.sort(rng(seed, "eval-clients").choice(n, eval_clients, replace=False)).tolist()
+
+
 def evaluate_all(rnd: int, *, data, store, pending: dict, global_vec: np.ndarray, executor,
-                 unseen: set[int]) -> tuple[dict[str, float], pd.DataFrame]:
-    """Every client (seen and unseen) on its test split, in waves like training; `pending` holds the states
-    this round produced that the store has not committed yet."""
+                 unseen: set[int], clients: list[int] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every client (seen and unseen), or `clients` (evaluation_clients), on its test split, in waves like
+    training; `pending` holds the states this round produced that the store has not committed yet."""
     evals = []
-    for batch_group in waves(list(range(data.num_clients)), executor.num_workers, data.sizes("test")):
+    cids = list(range(data.num_clients)) if clients is None else clients
+    for batch_group in waves(cids, executor.num_workers, data.sizes("test")):
         wave = [c for chunk in batch_group for c in chunk]
         states = store.get_many(wave)
         states |= {c: pending[c] for c in wave if c in pending}

@@ -13,6 +13,7 @@ import torch
 from harness.config import ConfigError, RunConfig
 from harness.engine.batched import decide
 from harness.engine.clock import DeviceProfiles, VirtualClock
+from harness.engine.evaluate import evaluation_clients
 from harness.engine.worker import build_algorithm, check_device, resolve_device
 from partitions import build_federated_dataset
 from partitions.federated import FederatedDataset
@@ -29,9 +30,10 @@ class Parts:
     clock: VirtualClock
     k: int
     batched: bool = False  # train.batched resolved for this machine's device (workers resolve it alike)
+    eval_ids: list[int] | None = None  # the clients each evaluation round evaluates (None: evaluation off)
 
 
-def build_parts(cfg: RunConfig) -> Parts:
+def build_parts(cfg: RunConfig, evaluate: bool = True) -> Parts:
     check_device(cfg)
     _check_writable_folder(cfg.checkpoint_dir, "checkpoint_dir")
     data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
@@ -41,7 +43,11 @@ def build_parts(cfg: RunConfig) -> Parts:
     batched = decide(cfg.train.batched, algo, model, cfg.train.optimizer, device)
     profiles = DeviceProfiles.draw(cfg.budget, data.num_clients, cfg.seed)
     clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
-    return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)), batched)
+    try:
+        eval_ids = evaluation_clients(cfg.eval_clients, data, cfg.seed) if evaluate else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)), batched, eval_ids)
 
 
 def _check_writable_folder(path: str, field: str) -> None:

@@ -59,7 +59,7 @@ class RunResult:
 def open_run(cfg: RunConfig, tags: dict[str, str] | None = None, progress: bool = True,
              listeners: Sequence[RoundListener] = (), evaluate: bool = True) -> Engine:
     """A new run, built and ready to loop: tracked in MLflow when cfg.tracking.enabled."""
-    parts = build_parts(cfg)  # bad input stops here: no MLflow run, no checkpoint
+    parts = build_parts(cfg, evaluate=evaluate)  # bad input stops here: no MLflow run, no checkpoint
     tracker = _tracker(cfg, tags=tags)
     with _ended_on_error(tracker, previous=None):
         return Engine(cfg, run_id=tracker.run_id if tracker else None, evaluate=evaluate, parts=parts,
@@ -185,10 +185,11 @@ class Engine:
                  resume_meta: dict | None = None, evaluate: bool = True, parts: Parts | None = None):
         self.cfg = cfg
         self.evaluate = evaluate  # False only for timing benchmarks of the training part
-        parts = parts or build_parts(cfg)
+        parts = parts or build_parts(cfg, evaluate=evaluate)
         self.data, self.algo, self.global_vec, self.clock, self.k = (parts.data, parts.algo, parts.global_vec,
                                                                      parts.clock, parts.k)
         self.cohort_size = cfg.train.cohort_size if parts.batched else 0
+        self.eval_ids = parts.eval_ids
         self.unseen = set(self.data.meta.get("unseen_clients", []))
         self.run_id = run_id or f"local-{int(time.time() * 1000)}"
         self.listeners = list(listeners)
@@ -296,7 +297,8 @@ class Engine:
         if self.evaluate and ((rnd + 1) % self.cfg.eval_every == 0 or last):
             t = time.perf_counter()
             eval_metrics, clients = evaluate_all(rnd, data=self.data, store=self.store, pending=out.new_states,
-                                                 global_vec=self.global_vec, executor=executor, unseen=self.unseen)
+                                                 global_vec=self.global_vec, executor=executor, unseen=self.unseen,
+                                                 clients=self.eval_ids)
             out.timings["evaluate"] = time.perf_counter() - t
             metrics |= eval_metrics
         metrics["wall_round_time"] = time.perf_counter() - t0
