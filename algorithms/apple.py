@@ -130,6 +130,9 @@ class APPLE(Algorithm):
     def round_metrics(self, notes: Notes) -> dict[str, float]:
         return {"apple_reg_coef": float(notes[min(notes)]["reg_coef"])} if notes else {}
 
+    def server_bytes(self) -> int:
+        return 4 * self.ctx.num_clients * self.spec.size  # the N x d cores of one dispatch
+
     def bytes_down(self, payload: State) -> int:
         return 4 * int(payload["cores"].size)
 

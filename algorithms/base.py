@@ -134,6 +134,12 @@ class Algorithm:
         """Server-side metrics of the round, from its notes (e.g. FedOBP's personalized counts); no side effects."""
         return {}
 
+    def server_bytes(self) -> int:
+        """Bytes one client's dispatch needs at once on the server beyond O(model) (APPLE: all N cores; pFedLA: an
+        N-wide hypernetwork), for this run's clients and model. The engine refuses a run whose need exceeds the
+        machine's available memory before it starts. Default 0."""
+        return 0
+
     def bytes_down(self, payload: State) -> int:
         return 4 * int(self.shared.sum()) if "model" in payload else 0
 

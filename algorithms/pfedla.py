@@ -190,6 +190,9 @@ class PFedLA(Algorithm):
         return {"pfedla_self_weight_mean": float(np.mean([notes[c]["self_weight"] for c in sorted(notes)]))} \
             if notes else {}
 
+    def server_bytes(self) -> int:
+        return 4 * sum(int(np.prod(shape)) for _, shape in self.layout)  # one client's N-wide hypernetwork
+
     def bytes_up(self, update: ClientUpdate) -> int:
         return 4 * int(update.upload["delta"].size) if "delta" in update.upload else 0
 

@@ -106,6 +106,18 @@ def test_dense_operations_are_refused_with_the_option_named(population, tmp_path
     assert counts.shape == (50, 62) and counts.sum() == sum(small.sizes(s).sum() for s in small.index)
 
 
+def test_an_algorithm_whose_dispatch_grows_with_n_is_refused_before_it_starts(tmp_path, monkeypatch):
+    # APPLE sends every client's core model with each dispatch: N x d floats (here 1M x 26,000 x 4 B ~ 97 GiB)
+    monkeypatch.setattr("harness.engine.parts.available_memory", lambda: 8 * 2**30)
+    tree = femnist_tree(tmp_path, algorithm={"name": "apple"})
+    with pytest.raises(ConfigError, match=r"apple over 1,000,000 clients needs \d+\.\d GiB per client dispatch .* "
+                                          r"8\.0 GiB are available"):
+        build_parts(validate(tree))
+    assert not (tmp_path / "ckpt").exists()  # refused before anything was written
+    parts = build_parts(validate(femnist_tree(tmp_path, n=300, algorithm={"name": "apple"})))
+    assert parts.algo.server_bytes() == 4 * 300 * parts.global_vec.size  # 300 cores fit
+
+
 def test_partition_report_summarizes_a_bounded_sample(population):
     summary = partition_summary(population)
     assert summary["clients"] == MILLION and summary["summarized_clients"] == DENSE_LIMIT

@@ -38,6 +38,7 @@ def build_parts(cfg: RunConfig, evaluate: bool = True) -> Parts:
     _check_writable_folder(cfg.checkpoint_dir, "checkpoint_dir")
     data = build_federated_dataset(cfg.data, cfg.partition, cfg.seed)
     algo, model, global_vec = build_algorithm(cfg, data)
+    _check_server_memory(algo, data.num_clients)
     # a cluster's workers may have the CUDA device the driver lacks (check_device lets that through)
     device = torch.device("cuda") if cfg.device == "cuda" else resolve_device(cfg.device)
     batched = decide(cfg.train.batched, algo, model, cfg.train.optimizer, device)
@@ -48,6 +49,28 @@ def build_parts(cfg: RunConfig, evaluate: bool = True) -> Parts:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return Parts(data, algo, global_vec, clock, cfg.sampled_per_round(len(data.train_clients)), batched, eval_ids)
+
+
+def _check_server_memory(algo, num_clients: int) -> None:
+    """Refuse, before anything starts, an algorithm whose per-dispatch server memory grows with the number of
+    clients (APPLE's N cores, pFedLA's N-wide hypernetworks) past what this machine has available."""
+    need, have = algo.server_bytes(), available_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"{algo.name} over {num_clients:,} clients needs {need / 2**30:.1f} GiB per client "
+                          f"dispatch on the server (it grows with the number of clients) but {have / 2**30:.1f} GiB "
+                          f"are available; use fewer clients (partition.num_clients / virtual_clients)")
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _check_writable_folder(path: str, field: str) -> None:
