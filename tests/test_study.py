@@ -373,3 +373,19 @@ def test_cells_option_runs_only_the_chosen_cells_with_their_full_study_hashes(tm
     assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--cells", "fedmagic", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no cell 'fedmagic'" in err[0]
+
+
+def test_a_failed_cell_chosen_by_cells_is_reported_by_its_own_number(tmp_path, capsys, monkeypatch):
+    # failures are keyed by the cell's number in the whole study: `--cells 4` failing used to end in an IndexError
+    from harness.cli import main
+    from harness.studies.runner import StudyRunner
+
+    def broken(self, cell, state):
+        raise RuntimeError("worker killed (out of memory)")
+
+    monkeypatch.setattr(StudyRunner, "_engine", broken)
+    uri, extra = _paths(tmp_path)
+    assert main(["study", str(TINY), *extra, "--tracking-uri", uri, "--cells", "4", "--quiet", "--no-table"]) == 1
+    err = capsys.readouterr().err
+    assert "cell 4 (" in err and "failed: RuntimeError: worker killed (out of memory)" in err
+    assert "unexpected error" not in err

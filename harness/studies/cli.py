@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(outcome.resumed)} resumed, {len(outcome.failed)} failed, "
           f"{n - len(outcome.skipped) - len(outcome.ran) - len(outcome.resumed) - len(outcome.failed)} not run; "
           f"{outcome.wall_s:.1f} s", flush=True)
+    label = {cell.index: cell.label for cell in study.cells}  # failures are keyed by the cell's own number
     for i, reason in sorted(outcome.failed.items()):
-        print(f"  cell {i + 1} ({study.cells[i].label}) failed: {reason}", file=sys.stderr)
+        print(f"  cell {i + 1} ({label[i]}) failed: {reason}", file=sys.stderr)
     if outcome.interrupted:
         print(f"fedharness: study interrupted; finished runs are kept. Run `fedharness study {args.spec}` again "
               "to complete the missing cells.", file=sys.stderr)
