@@ -214,3 +214,30 @@ def test_a_swallowed_ctrl_c_still_stops_the_run_at_the_next_round(tmp_path):
     resumed = resume(run_id, cfg.checkpoint_dir, progress=False)
     whole = run(small_config(tmp_path / "whole", "tracking.enabled=true", "rounds=5"), progress=False)
     assert metrics_history(resumed) == metrics_history(whole)
+
+
+def test_a_sigterm_mid_run_ends_it_killed_and_resumable_never_finished(tmp_path):
+    """Ray's driver turns SIGTERM (`kill`, a scheduler's preemption) into SystemExit. The run used to end
+    FINISHED after two of five rounds, with its checkpoint discarded, so a study rerun skipped it as done."""
+
+    class Terminated(InProcessExecutor):
+        train_calls = 0
+
+        def map(self, method, batches):
+            Terminated.train_calls += method == "train"
+            if method == "train" and Terminated.train_calls == 3:  # round 3
+                raise SystemExit(signal.SIGTERM)  # what ray's sigterm_handler does: sys.exit(signum)
+            return super().map(method, batches)
+
+    cfg = small_config(tmp_path, "tracking.enabled=true", "rounds=5")
+    with pytest.raises(SystemExit):
+        run(cfg, progress=False, executor_factory=Terminated)
+    (meta_path,) = Path(cfg.checkpoint_dir).glob("*/meta.json")
+    run_id = meta_path.parent.name
+    meta = json.loads(meta_path.read_text())
+    assert meta["status"] == "RUNNING" and meta["done_round"] == 1
+    mlrun = MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert mlrun.info.status == "KILLED" and "SIGTERM" in mlrun.data.tags["fedharness.failure"]
+    resumed = resume(run_id, cfg.checkpoint_dir, progress=False)
+    whole = run(small_config(tmp_path / "whole", "tracking.enabled=true", "rounds=5"), progress=False)
+    assert metrics_history(resumed) == metrics_history(whole)

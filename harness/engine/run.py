@@ -241,7 +241,9 @@ class Engine:
         cfg = self.cfg
         result = RunResult(self.run_id, cfg, self.history)
         executor = None
-        status, reason = "FINISHED", None
+        # whatever ends the loop other than its own finish, a pause or a recorded exception (SystemExit from
+        # Ray's SIGTERM handler: `kill`, a scheduler's preemption) leaves the run KILLED, resumable, never FINISHED
+        status, reason = "KILLED", "terminated (e.g. SIGTERM); resume with: fedharness resume " + self.run_id
         try:
             if self._first_checkpoint_s is not None:  # written when the engine was built
                 self._notify_checkpoint(0, {"checkpoint": self._first_checkpoint_s, "store_commit": 0.0})
@@ -255,7 +257,7 @@ class Engine:
                 evaluated = self._one_round(rnd, executor, last, stopping)
                 clients = evaluated if evaluated is not None else clients
                 if stopping and not last:
-                    status = "RUNNING"  # interrupted on purpose; resumable
+                    status, reason = "RUNNING", None  # interrupted on purpose; resumable
                     break
             else:
                 if self.history and all(h.get("clients_kept") == 0 for h in self.history):
@@ -263,6 +265,7 @@ class Engine:
                                     f"model was never trained (empty_round_policy=skip)")
                 result.clients = clients
                 result.final = final_metrics(self.history)
+                status, reason = "FINISHED", None
         except KeyboardInterrupt:
             status, reason = "KILLED", "interrupted (Ctrl-C); resume with: fedharness resume " + self.run_id
             raise
