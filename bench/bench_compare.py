@@ -60,6 +60,7 @@ PAPER_CIFAR = common.ROOT / "runs" / "paper" / "cifar10_dir0.1.yaml"
 # measured rounds per run (one warm-up round before, one evaluating round after)
 WORKLOADS = {"femnist-mlp": 4, "femnist-lenet5": 4, "femnist1k-mlp": 2, "cifar10-avgcnn": 2, "quick-mlp": 2}
 WAYS = ["harness per-client", "harness batched", "plain 1 proc", "plain 2 procs", "Flower", "pfl"]
+RAY_NICE_WAY = "harness per-client, Ray's worker niceness"  # with --worker-niceness both
 
 
 def tiled_femnist(tmp: Path, copies: int = 4) -> Path:
@@ -114,17 +115,28 @@ def pairs(ts: list[float]) -> list[float]:
 
 
 # ----- one run of each way ---------------------------------------------------------------------------------
-def run_harness(cfg, tmp: Path, workers: int) -> dict[str, Any]:
+def ray_env(env: dict[str, str], same_niceness: bool) -> dict[str, str]:
+    """Ray starts its workers 15 nice levels below the driver (Ray's worker_niceness); RAY_worker_niceness=0
+    keeps them at the driver's, i.e. at the plain loop's and pfl's ranks' level."""
+    env = dict(env)
+    if same_niceness:
+        env["RAY_worker_niceness"] = "0"
+    else:
+        env.pop("RAY_worker_niceness", None)
+    return env
+
+
+def run_harness(cfg, tmp: Path, workers: int, same_niceness: bool = True) -> dict[str, Any]:
     argv, out = cr.harness_job(cfg, tmp, workers)
-    got = cr.monitored(argv, cr.bench_env(), tmp / "harness.log")
+    got = cr.monitored(argv, ray_env(cr.bench_env(), same_niceness), tmp / "harness.log")
     res = cr.checked(got, out, tmp / "harness.log", "harness")
     return {"round_s": pairs(res["starts"])[1:], "startup_s": res["starts"][0] - got["launch"],
             "first_round_s": pairs(res["starts"])[0], "eval_s": res["eval_s"], "peak_mib": got["peak_mib"]}
 
 
-def run_flower(cfg, tmp: Path, rounds, vec, spec, workers: int) -> dict[str, Any]:
+def run_flower(cfg, tmp: Path, rounds, vec, spec, workers: int, same_niceness: bool = True) -> dict[str, Any]:
     argv, env, out = bt.flower_job(cfg, tmp, rounds, vec, spec, workers, evaluate=True)
-    got = cr.monitored(argv, env, tmp / "flower.log")
+    got = cr.monitored(argv, ray_env(env, same_niceness), tmp / "flower.log")
     res = cr.checked(got, out, tmp / "flower.log", "Flower")
     return {"round_s": pairs(res["starts"])[1:-1], "startup_s": res["starts"][0] - got["launch"],
             "first_round_s": pairs(res["starts"])[0], "eval_s": res["eval_s"], "peak_mib": got["peak_mib"]}
@@ -152,7 +164,7 @@ COLUMNS = [("workload", "workload"), ("way", "way"), ("round_s", "round s"), ("u
            ("x_plain2", "x plain 2 procs"), ("x_pfl", "x pfl"), ("x_flower", "x Flower"),
            ("startup_s", "start-up s"), ("first_round_s", "first round s"), ("eval_s", "evaluation s"),
            ("driver_mib", "peak driver RSS MiB"), ("workers_mib", "peak workers RSS MiB"),
-           ("ray_mib", "peak Ray system RSS MiB"), ("pss_mib", "peak total PSS MiB")]
+           ("ray_mib", "peak Ray system RSS MiB"), ("pss_mib", "peak total PSS MiB"), ("nice", "workers' nice")]
 
 
 def ratio(per_rep: dict[str, list[float]], way: str, other: str) -> float:
@@ -182,6 +194,7 @@ def summarize(name: str, k: int, runs: dict[str, list[dict[str, Any]]]) -> list[
             "workers_mib": max((p.get("workers", float("nan")) for p in peaks), default=float("nan")),
             "ray_mib": max((p.get("ray", float("nan")) for p in peaks), default=float("nan")),
             "pss_mib": max((p.get("total_pss", float("nan")) for p in peaks), default=float("nan")),
+            "nice": max((p["workers_nice"] for p in peaks if p.get("workers_nice") is not None), default="—"),
             "round_s_all": rounds, "round_s_per_repeat": per_rep[way],
             "loadavg": [r.get("loadavg") for r in rs],
         })
@@ -204,11 +217,13 @@ def prepare(name: str, tmp: Path, args) -> dict[str, Any]:
 
 
 def run_way(way: str, p: dict[str, Any], tmp: Path, args, pools: dict, name: str) -> dict[str, Any] | None:
-    cfg, w = p["cfg"], args.workers
+    cfg, w, same = p["cfg"], args.workers, args.worker_niceness != "ray"
     if way == "harness per-client":
-        return run_harness(cfg, tmp, w)
+        return run_harness(cfg, tmp, w, same)
+    if way == RAY_NICE_WAY:
+        return run_harness(cfg, tmp, w, same_niceness=False)
     if way == "harness batched":
-        return run_harness(p["batched"], tmp, w) if p["batched"] is not None else None
+        return run_harness(p["batched"], tmp, w, same) if p["batched"] is not None else None
     if way.startswith("plain"):
         procs = 1 if way == "plain 1 proc" else 2
         if (name, procs) not in pools:
@@ -216,7 +231,7 @@ def run_way(way: str, p: dict[str, Any], tmp: Path, args, pools: dict, name: str
                                                                 (json.dumps(cfg.model_dump(mode="json")),))
         return bt.run_compute(cfg, pools[(name, procs)], p["rounds"], p["data"], p["vec"], procs)
     if way == "Flower":
-        return run_flower(cfg, tmp, p["rounds"], p["vec"], p["spec"], w) if args.frameworks else None
+        return run_flower(cfg, tmp, p["rounds"], p["vec"], p["spec"], w, same) if args.frameworks else None
     return run_pfl(cfg, tmp, p["rounds"], p["vec"], args.pfl_procs) if args.frameworks else None
 
 
@@ -228,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--pfl-procs", type=int, default=2)
+    ap.add_argument("--ways", nargs="+", default=WAYS, choices=WAYS, help="a subset of the ways")
+    ap.add_argument("--worker-niceness", choices=["same", "ray", "both"], default="same",
+                    help="same: Ray's workers (harness, Flower) at the bench's niceness, like the plain loop and "
+                         "pfl; ray: Ray's default (+15); both: same, plus the harness per-client at Ray's")
     ap.add_argument("--quick", action="store_true", help="smoke: quick-mlp, 1 repetition, no Flower/pfl")
     ap.add_argument("--out", default=str(common.RESULTS))
     args = ap.parse_args(argv)
@@ -243,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine_info()
     if args.frameworks:
         info["flwr"] = "1.42 / pfl 0.6 (.venv-bench)"
-    runs: dict[str, dict[str, list]] = {n: {w: [] for w in WAYS} for n in args.workloads}
+    ways = [w for w in WAYS if w in args.ways]
+    if args.worker_niceness == "both":
+        ways.insert(1, RAY_NICE_WAY)
+    runs: dict[str, dict[str, list]] = {n: {w: [] for w in ways} for n in args.workloads}
     pools: dict = {}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmpdir:
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for rep in range(args.repeats):
                 for name in args.workloads:
-                    for way in WAYS:
+                    for way in ways:
                         print(f"[{rep + 1}/{args.repeats}] {name}: {way}", flush=True)
                         load = os.getloadavg()
                         try:
@@ -277,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                      + ", ".join(f"{n} {WORKLOADS[n] if args.rounds is None else args.rounds}"
                                  for n in args.workloads) + "."] + [f"FAILED: {f}" for f in failures]
     settings = {"quick": args.quick, "repeats": args.repeats, "workers": args.workers, "pfl_procs": args.pfl_procs,
-                "workloads": args.workloads, "frameworks": args.frameworks}
+                "workloads": args.workloads, "frameworks": args.frameworks, "worker_niceness": args.worker_niceness,
+                "bench_niceness": os.nice(0)}
     jpath, mpath = common.write_results("bench_compare", args.out, title="Throughput: harness vs plain loop, "
                                         "Flower 1.42 and pfl 0.6", machine=info, settings=settings,
                                         tables=[("Round time, start-up, evaluation, memory", rows, COLUMNS)],
@@ -300,6 +323,9 @@ NOTES = [
     "and their sampler subprocesses; driver for pfl = torchrun's launcher; Ray system = raylet, GCS, agents.",
     "plain: the per-client compute limit (no framework); no start-up, evaluation or memory columns.",
     "pfl repeats a user's first-epoch order in later epochs (1 epoch on FEMNIST: identical order).",
+    "workers' nice: the highest niceness seen among the processes that train (Ray starts its workers 15 levels "
+    "below their driver unless RAY_worker_niceness says otherwise; --worker-niceness same sets it to 0 so every "
+    "way trains at the bench's own niceness; on a busy machine that decides how much CPU a way gets).",
     "the machine is shared with long background jobs: read the ratios, measured within one run.",
 ]
 

@@ -32,10 +32,11 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 RAY_SYSTEM = ("raylet", "gcs_server", "ray/dashboard", "ray/_private", "ray/autoscaler", "runtime_env")
 
 
-def _memory_of(pid: int) -> tuple[float, float, str] | None:
-    """(RSS MiB, PSS MiB, command line); PSS shares each shared page out among the processes mapping it."""
+def _memory_of(pid: int) -> tuple[float, float, str, int] | None:
+    """(RSS MiB, PSS MiB, command line, niceness); PSS shares each shared page out among the processes mapping it."""
     try:
         rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         pss = rss
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -44,7 +45,7 @@ def _memory_of(pid: int) -> tuple[float, float, str] | None:
                 break
     except (OSError, ValueError, IndexError):
         return None
-    return rss, pss, cmd
+    return rss, pss, cmd, nice
 
 
 def group_of(pid: int, root: int, cmd: str) -> str:
@@ -56,20 +57,24 @@ def group_of(pid: int, root: int, cmd: str) -> str:
 
 
 def tree_memory(root: int) -> dict[str, float]:
-    """MiB of resident memory of `root`'s tree, summed per group, and the PSS of the whole tree."""
-    out = {"driver": 0.0, "workers": 0.0, "ray": 0.0, "total_pss": 0.0}
+    """MiB of resident memory of `root`'s tree, summed per group, the PSS of the whole tree, and the highest
+    niceness of the workers (None before any)."""
+    out: dict = {"driver": 0.0, "workers": 0.0, "ray": 0.0, "total_pss": 0.0, "workers_nice": None}
     for pid in common.process_tree(root):
         got = _memory_of(pid)
         if got is not None:
-            out[group_of(pid, root, got[2])] += got[0]
+            group = group_of(pid, root, got[2])
+            out[group] += got[0]
             out["total_pss"] += got[1]
+            if group == "workers":
+                out["workers_nice"] = max(got[3], out["workers_nice"] if out["workers_nice"] is not None else -99)
     return out
 
 
 def monitored(argv: list[str], env: dict[str, str], log: Path, timeout: float = 3600,
               interval: float = 0.5) -> dict:
     """Run `argv` to its end; {"rc", "launch", "peak_mib": {group: MiB}, "wall_s"}."""
-    peak = {"driver": 0.0, "workers": 0.0, "ray": 0.0, "total_pss": 0.0}
+    peak: dict = {"driver": 0.0, "workers": 0.0, "ray": 0.0, "total_pss": 0.0, "workers_nice": None}
     with log.open("w") as fh:
         launch = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=common.ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -78,7 +83,8 @@ def monitored(argv: list[str], env: dict[str, str], log: Path, timeout: float = 
         def poll() -> None:
             while not stop.is_set():
                 for k, v in tree_memory(proc.pid).items():
-                    peak[k] = max(peak[k], v)
+                    if v is not None:
+                        peak[k] = v if peak[k] is None else max(peak[k], v)
                 stop.wait(interval)
 
         thread = threading.Thread(target=poll, daemon=True)
