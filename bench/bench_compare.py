@@ -156,7 +156,7 @@ def run_pfl(cfg, tmp: Path, rounds, vec, procs: int) -> dict[str, Any]:
     durations = pairs([res["begin"], *res["ends"]])
     return {"round_s": durations[1:-1], "startup_s": res["begin"] - got["launch"],
             "first_round_s": durations[0] - (res["eval_s"] or 0.0), "eval_s": res["eval_s"],
-            "peak_mib": got["peak_mib"]}
+            "peak_mib": got["peak_mib"], "steps": res["steps"]}
 
 
 # ----- the table ---------------------------------------------------------------------------------------------
@@ -211,9 +211,11 @@ def prepare(name: str, tmp: Path, args) -> dict[str, Any]:
     data = bt.same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
     algo, model, vec = build_algorithm(cfg, data)
     convs = any(type(m).__name__.startswith("Conv") for m in model.modules())
-    return {"cfg": cfg, "data": data, "spec": algo.spec, "vec": vec, "params": int(algo.spec.size),
+    rounds, sizes, c = bt.sampled_clients(cfg, data, total + 2), data.sizes("train"), cfg.train
+    return {"steps": sum(-(-int(sizes[i]) // c.batch_size) * c.local_epochs for r in rounds for i in r),
+            "cfg": cfg, "data": data, "spec": algo.spec, "vec": vec, "params": int(algo.spec.size),
             "batched": None if convs else with_train(cfg, batched="on", cohort_size=16),
-            "rounds": bt.sampled_clients(cfg, data, total + 2), "k": cfg.sampled_per_round(len(data.train_clients))}
+            "rounds": rounds, "k": cfg.sampled_per_round(len(data.train_clients))}
 
 
 def run_way(way: str, p: dict[str, Any], tmp: Path, args, pools: dict, name: str) -> dict[str, Any] | None:
@@ -284,8 +286,13 @@ def main(argv: list[str] | None = None) -> int:
                             failures.append(f"{name} / {way} / repetition {rep + 1}: {str(err)[-300:]}")
                             continue
                         if got is not None:
+                            if "steps" in got and got["steps"] != prepared[name]["steps"]:
+                                failures.append(f"{name} / {way}: {got['steps']} SGD steps, the harness's "
+                                                f"clients need {prepared[name]['steps']}")
                             runs[name][way].append(dict(got, loadavg=[round(x, 2) for x in load]))
                             print(f"    rounds {[round(t, 3) for t in got['round_s']]}", flush=True)
+                    for key in [k for k in pools if k[0] == name]:  # the plain pools hold the data set: free them
+                        pools.pop(key).terminate()
         finally:
             for pool in pools.values():
                 pool.terminate()
@@ -322,7 +329,9 @@ NOTES = [
     "shares them out); workers = Ray actors (harness, Flower) or pfl's 2 ranks "
     "and their sampler subprocesses; driver for pfl = torchrun's launcher; Ray system = raylet, GCS, agents.",
     "plain: the per-client compute limit (no framework); no start-up, evaluation or memory columns.",
-    "pfl repeats a user's first-epoch order in later epochs (1 epoch on FEMNIST: identical order).",
+    "pfl repeats a user's first-epoch order in later epochs (1 epoch on FEMNIST: identical order). The SGD steps "
+    "of every plain and pfl run (pfl: its model's loss calls, summed over the ranks) are checked against the "
+    "harness's clients (ceil(samples / batch) x epochs each); a mismatch is listed as FAILED.",
     "workers' nice: the highest niceness seen among the processes that train (Ray starts its workers 15 levels "
     "below their driver unless RAY_worker_niceness says otherwise; --worker-niceness same sets it to 0 so every "
     "way trains at the bench's own niceness; on a busy machine that decides how much CPU a way gets).",

@@ -70,6 +70,7 @@ def _wrapped_model(cfg, data):
         def __init__(self):
             super().__init__()
             self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+            self.steps = 0  # training batches (pfl calls `loss` once per local SGD step, `metrics` to evaluate)
 
         def inputs(self, x):  # pfl hands float32 tensors of the stored arrays
             x = ((x / 255.0) if raw_uint8 else x) - mean
@@ -79,6 +80,7 @@ def _wrapped_model(cfg, data):
             return x
 
         def loss(self, x, y):
+            self.steps += 1
             return F.cross_entropy(self.net(self.inputs(x)), y.long())
 
         @torch.no_grad()
@@ -180,6 +182,9 @@ def main(spec_path: str) -> None:
     FederatedAveraging().run(algorithm_params=params, backend=backend, model=model,
                              model_train_params=train_params,
                              model_eval_params=NNEvalHyperParams(local_batch_size=512), callbacks=[Timed()])
+    steps = torch.tensor([float(net.steps)])
+    get_ops().distributed.all_reduce([steps])  # a sum over the ranks (in place; a no-op with one rank)
+    stamps["steps"] = int(steps.item())
     if rank0:
         Path(spec["out"]).write_text(json.dumps(stamps))
 
