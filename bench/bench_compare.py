@@ -41,6 +41,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -130,8 +131,10 @@ def run_harness(cfg, tmp: Path, workers: int, same_niceness: bool = True) -> dic
     argv, out = cr.harness_job(cfg, tmp, workers)
     got = cr.monitored(argv, ray_env(cr.bench_env(), same_niceness), tmp / "harness.log")
     res = cr.checked(got, out, tmp / "harness.log", "harness")
+    measured = slice(1, len(res["starts"]) - 1)  # the rounds in round_s
     return {"round_s": pairs(res["starts"])[1:], "startup_s": res["starts"][0] - got["launch"],
-            "first_round_s": pairs(res["starts"])[0], "eval_s": res["eval_s"], "peak_mib": got["peak_mib"]}
+            "first_round_s": pairs(res["starts"])[0], "eval_s": res["eval_s"], "peak_mib": got["peak_mib"],
+            "phases": {k: v[measured] for k, v in res.get("phases", {}).items()}}
 
 
 def run_flower(cfg, tmp: Path, rounds, vec, spec, workers: int, same_niceness: bool = True) -> dict[str, Any]:
@@ -167,6 +170,12 @@ COLUMNS = [("workload", "workload"), ("way", "way"), ("round_s", "round s"), ("u
            ("ray_mib", "peak Ray system RSS MiB"), ("pss_mib", "peak total PSS MiB"), ("nice", "workers' nice")]
 
 
+PHASES = ("workers_s", "aggregate_s", "commit_s")
+PHASE_COLUMNS = [("workload", "workload"), ("way", "way"), ("round_s", "round s"),
+                 ("workers_s_med", "waiting for workers s"), ("aggregate_s_med", "FedAvg in the driver s"),
+                 ("commit_s_med", "commit + checkpoint s")]
+
+
 def ratio(per_rep: dict[str, list[float]], way: str, other: str) -> float:
     """Median over repetitions of (other's median round / this way's): > 1 = this way is faster."""
     got = [o / w for w, o in zip(per_rep.get(way, []), per_rep.get(other, []), strict=False) if w == w and o == o]
@@ -195,6 +204,7 @@ def summarize(name: str, k: int, runs: dict[str, list[dict[str, Any]]]) -> list[
             "ray_mib": max((p.get("ray", float("nan")) for p in peaks), default=float("nan")),
             "pss_mib": max((p.get("total_pss", float("nan")) for p in peaks), default=float("nan")),
             "nice": max((p["workers_nice"] for p in peaks if p.get("workers_nice") is not None), default="—"),
+            **{f"{k}_med": common.median(v for r in rs for v in r.get("phases", {}).get(k, [])) for k in PHASES},
             "round_s_all": rounds, "round_s_per_repeat": per_rep[way],
             "loadavg": [r.get("loadavg") for r in rs],
         })
@@ -249,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-niceness", choices=["same", "ray", "both"], default="same",
                     help="same: Ray's workers (harness, Flower) at the bench's niceness, like the plain loop and "
                          "pfl; ray: Ray's default (+15); both: same, plus the harness per-client at Ray's")
+    ap.add_argument("--contend", type=int, default=0,
+                    help="N busy-loop processes at the bench's niceness during the whole run: a controlled stand-in "
+                         "for other users' jobs (diagnostic of how niceness shares a busy machine)")
     ap.add_argument("--quick", action="store_true", help="smoke: quick-mlp, 1 repetition, no Flower/pfl")
     ap.add_argument("--out", default=str(common.RESULTS))
     args = ap.parse_args(argv)
@@ -270,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, list]] = {n: {w: [] for w in ways} for n in args.workloads}
     pools: dict = {}
     failures: list[str] = []
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.contend)]
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmpdir:
         tmp = Path(tmpdir)
         prepared = {n: prepare(n, tmp, args) for n in args.workloads}
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for pool in pools.values():
                 pool.terminate()
+            for hog in hogs:
+                hog.kill()
     rows = []
     for name in args.workloads:
         p = prepared[name]
@@ -307,10 +323,12 @@ def main(argv: list[str] | None = None) -> int:
                                  for n in args.workloads) + "."] + [f"FAILED: {f}" for f in failures]
     settings = {"quick": args.quick, "repeats": args.repeats, "workers": args.workers, "pfl_procs": args.pfl_procs,
                 "workloads": args.workloads, "frameworks": args.frameworks, "worker_niceness": args.worker_niceness,
-                "bench_niceness": os.nice(0)}
+                "bench_niceness": os.nice(0), "contend": args.contend}
     jpath, mpath = common.write_results("bench_compare", args.out, title="Throughput: harness vs plain loop, "
                                         "Flower 1.42 and pfl 0.6", machine=info, settings=settings,
-                                        tables=[("Round time, start-up, evaluation, memory", rows, COLUMNS)],
+                                        tables=[("Round time, start-up, evaluation, memory", rows, COLUMNS),
+                                                ("Where a harness round goes (medians)",
+                                                 [r for r in rows if r["way"].startswith("harness")], PHASE_COLUMNS)],
                                         notes=notes, extra={"failures": failures})
     print(f"\nwrote {jpath} and {mpath}")
     return 0

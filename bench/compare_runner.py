@@ -128,5 +128,8 @@ def harness_main(cfg_path: str, out: str, workers: int) -> None:
     engine, timer = common.timed_engine(cfg, skip_eval=False)  # eval_every is huge: evaluation after the last round
     common.run_timed(engine, timer)
     engine.discard_checkpoint()
+    # where the rounds go (bench_throughput's phase columns): waiting for the workers, FedAvg in the driver,
+    # the store's commit + checkpoint
+    phases = {"workers_s": timer.map_s["train"], "aggregate_s": timer.aggregate_s, "commit_s": timer.commit_s}
     Path(out).write_text(json.dumps({"starts": timer.round_starts, "eval_s": timer.eval_s[-1] if timer.eval_s
-                                     else None}))
+                                     else None, "phases": phases}))
