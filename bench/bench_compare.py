@@ -117,14 +117,9 @@ def pairs(ts: list[float]) -> list[float]:
 
 # ----- one run of each way ---------------------------------------------------------------------------------
 def ray_env(env: dict[str, str], same_niceness: bool) -> dict[str, str]:
-    """Ray starts its workers 15 nice levels below the driver (Ray's worker_niceness); RAY_worker_niceness=0
-    keeps them at the driver's, i.e. at the plain loop's and pfl's ranks' level."""
-    env = dict(env)
-    if same_niceness:
-        env["RAY_worker_niceness"] = "0"
-    else:
-        env.pop("RAY_worker_niceness", None)
-    return env
+    """Ray's own default starts its workers at the driver's niceness + 15 (lower priority); 0 keeps them at the
+    driver's, the level of the plain loop and of pfl's ranks (harness.engine.cluster.start_local does so too)."""
+    return dict(env, RAY_worker_niceness="0" if same_niceness else "15")  # 15: Ray's own default
 
 
 def run_harness(cfg, tmp: Path, workers: int, same_niceness: bool = True) -> dict[str, Any]:
