@@ -46,14 +46,16 @@ WORKLOADS = {
 }
 
 
-def femnist_config(tmp: Path, w: dict, rounds: int, workers: int, batched: str, cohort: int):
+def femnist_config(tmp: Path, w: dict, rounds: int, workers: int, batched: str, cohort: int, *,
+                   root: Path = FEMNIST, num_clients: int = 300, per_round: int = 100):
+    """FEMNIST by writer (`root`: the shared file, or a copy with more writers); evaluation after the last round."""
     from harness.config import validate
 
     return validate({
-        "name": "bench-batched", "seed": 0, "rounds": rounds, "clients_per_round": 100, "eval_every": 10**6,
+        "name": "bench-batched", "seed": 0, "rounds": rounds, "clients_per_round": per_round, "eval_every": 10**6,
         "device": "cpu", "plugins": w["plugins"],
-        "data": {"source": "arrays", "root": str(FEMNIST), "group_column": "writer", "invert": True},
-        "partition": {"scheme": "natural", "num_clients": 300, "min_samples": 2, "cache_dir": None},
+        "data": {"source": "arrays", "root": str(root), "group_column": "writer", "invert": True},
+        "partition": {"scheme": "natural", "num_clients": num_clients, "min_samples": 2, "cache_dir": None},
         "model": {"name": w["model"], "options": w["options"]},
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.7, "batched": batched,
                   "cohort_size": cohort},

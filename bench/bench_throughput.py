@@ -242,6 +242,12 @@ def flower_client_fn(context):
             vec = trainer.get_vector()
             return [vec[s.start : s.stop].reshape(s.shape) for s in spec.slots], len(data.train_of(cid)), {}
 
+        def evaluate(self, parameters, config):
+            trainer, _, _ = _flower_trainer(str(config["cfg"]))
+            vec = np.concatenate([p.reshape(-1) for p in parameters]).astype(np.float32)
+            correct, loss, count = trainer.evaluate(vec, int(config["pid"]))  # the harness's own evaluation
+            return loss / max(count, 1), count, {"correct": correct}
+
     return BenchClient().to_client()
 
 
@@ -251,7 +257,7 @@ def flower_main(spec_path: str) -> None:
 
     import torch
     from flwr.client import ClientApp
-    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters
     from flwr.server import ServerApp, ServerAppComponents, ServerConfig
     from flwr.server.strategy import FedAvg
     from flwr.simulation import run_simulation
@@ -263,6 +269,7 @@ def flower_main(spec_path: str) -> None:
     n, k = spec["num_clients"], len(rounds[0])
     init = np.load(spec["init"])
     starts: list[float] = []
+    evaluated: list[float] = []
 
     class TimedFedAvg(FedAvg):
         def configure_fit(self, server_round, parameters, client_manager):
@@ -280,6 +287,20 @@ def flower_main(spec_path: str) -> None:
                 starts.append(time.perf_counter())
             return out
 
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            # spec["evaluate"]: every client's test split once, after the last round (as the harness does)
+            if not spec.get("evaluate") or server_round != len(rounds):
+                return []
+            proxies = client_manager.sample(num_clients=n, min_num_clients=n)
+            return [(proxy, EvaluateIns(parameters, {"pid": cid, "cfg": spec["cfg"]}))
+                    for cid, proxy in enumerate(proxies)]
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            if failures:
+                raise RuntimeError(f"Flower evaluation: {len(failures)} failures: {failures[:1]}")
+            evaluated.append(time.perf_counter())
+            return super().aggregate_evaluate(server_round, results, failures)
+
     def server_fn(context):
         strategy = TimedFedAvg(fraction_fit=k / n, fraction_evaluate=0.0, min_fit_clients=k, min_evaluate_clients=0,
                                min_available_clients=n, initial_parameters=ndarrays_to_parameters(init_list))
@@ -293,24 +314,31 @@ def flower_main(spec_path: str) -> None:
     run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=flower_client_fn),
                    num_supernodes=n, backend_config=backend)
     total = time.perf_counter() - t0
-    Path(spec["out"]).write_text(json.dumps({"starts": starts, "total_s": total}))
+    eval_s = evaluated[0] - starts[-1] if evaluated else None  # from the last fit's aggregation to the evaluation's
+    Path(spec["out"]).write_text(json.dumps({"starts": starts, "total_s": total, "eval_s": eval_s}))
 
 
-def run_flower(cfg, tmp: Path, rounds: list[list[int]], vec: np.ndarray, spec_obj, workers: int) -> dict[str, Any]:
+def flower_job(cfg, tmp: Path, rounds: list[list[int]], vec: np.ndarray, spec_obj, workers: int,
+               evaluate: bool = False) -> tuple[list[str], dict[str, str], Path]:
+    """(argv, env, out path) of one Flower simulation in .venv-bench; its spec and inputs written to `tmp`."""
     cfg_path, init_path, out = tmp / "flower_cfg.json", tmp / "flower_init.npy", tmp / "flower_out.json"
     cfg_path.write_text(json.dumps(cfg.model_dump(mode="json")))
     np.save(init_path, vec)
     spec = {"cfg": str(cfg_path), "init": str(init_path), "out": str(out), "rounds": rounds, "workers": workers,
-            "num_clients": cfg.partition.num_clients,
+            "num_clients": cfg.partition.num_clients, "evaluate": evaluate,
             "slots": [(s.start, s.stop, list(s.shape)) for s in spec_obj.slots]}
     spec_path = tmp / "flower_spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.ROOT), str(common.ROOT / "bench")]))
     code = f"import bench.bench_throughput as b; b.flower_main({str(spec_path)!r})"
+    return [str(FLOWER_PY), "-c", code], env, out
+
+
+def run_flower(cfg, tmp: Path, rounds: list[list[int]], vec: np.ndarray, spec_obj, workers: int) -> dict[str, Any]:
+    argv, env, out = flower_job(cfg, tmp, rounds, vec, spec_obj, workers)
     log = tmp / "flower.log"
     with log.open("w") as fh:
-        proc = subprocess.run([str(FLOWER_PY), "-c", code], cwd=common.ROOT, env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, timeout=1800)
+        proc = subprocess.run(argv, cwd=common.ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=1800)
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"Flower run failed (exit {proc.returncode}); log tail:\n{tail}")

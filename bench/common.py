@@ -159,6 +159,7 @@ def init_ray(num_cpus: int = 2) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_worker_niceness", "0")  # actors at the driver's priority, as start_local keeps them
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "bench.common.register_bench_sources"}
     # address="local": always a fresh cluster of our own; without it ray.init joins a cluster that

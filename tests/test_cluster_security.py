@@ -128,6 +128,9 @@ def test_local_ray_listens_on_loopback_only_and_leaves_no_process_after_the_run(
     proc = _ray_run(tmp_path, ray_tmp)
     try:
         pids = _wait_for_actor(proc, ray_tmp)
+        actors = [p for p in pids if _name(p).startswith("ray::ActorWorker")]
+        # start_local keeps the actors at the driver's priority (Ray's own default would renice them by +15)
+        assert {os.getpriority(os.PRIO_PROCESS, p) for p in actors} == {os.getpriority(os.PRIO_PROCESS, proc.pid)}
         seen: dict[str, list[tuple[str, int]]] = {}
         for _ in range(5):  # a few looks: servers start at different moments
             table = _listening()
