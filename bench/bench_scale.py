@@ -286,16 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         kind, params = args.child[0], json.loads(args.child[1])
-        common.torch_threads(1)
-        try:
-            row = child_engine(params) if kind == "engine" else child_head(params)
-        finally:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        Path(params["out"]).write_text(json.dumps(row, default=common._json_default))
-        return 0
+        return common.run_child(child_engine if kind == "engine" else child_head, params)
     if args.quick:
         args.clients, args.memory_clients, args.per_round = [100, 300], [100], [20]
         args.head_clients, args.rounds, args.hidden = [1000, 5000], 1, 32

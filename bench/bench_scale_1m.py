@@ -134,17 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        params = json.loads(args.child)
-        common.torch_threads(1)
-        try:
-            row = child(params)
-        finally:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        Path(params["out"]).write_text(json.dumps(row, default=common._json_default))
-        return 0
+        return common.run_child(child, json.loads(args.child))
     if args.quick:
         args.clients, args.per_round, args.rounds, args.eval_clients = [10_000, 20_000], 50, 3, 50
         args.hidden, args.in_process = 32, True

@@ -462,3 +462,18 @@ def print_table(caption: str, rows: list[dict[str, Any]], columns: list[tuple[st
 def median(xs: Iterable[float]) -> float:
     xs = [x for x in xs if x == x]
     return float(np.median(xs)) if xs else float("nan")
+
+
+def run_child(work, params: dict) -> int:
+    """A bench's child process: run work(params) at one torch thread, end its Ray session whatever happens, and
+    write the row it returns as JSON to params["out"] (the parent reads it)."""
+    torch_threads(1)
+    try:
+        row = work(params)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    Path(params["out"]).write_text(json.dumps(row, default=_json_default))
+    return 0
