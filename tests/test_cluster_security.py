@@ -167,6 +167,31 @@ def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path, ray_tmp):
     print(f"every Ray process gone {waited:.1f} s after the driver's SIGKILL")
 
 
+def test_a_second_ray_on_the_machine_does_not_hold_up_start_local(ray_tmp):
+    """Ray's dashboard agent binds a fixed port (52365) by default; when another Ray (here: a socket) holds it, the
+    agent retried it for 3.3 s while ray.init waited. start_local asks for a free port: no retry in the agent's
+    log, and the agent listens on loopback elsewhere."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 52365))
+        holder.listen()
+    except OSError:
+        pass  # held already (another Ray on this machine): the condition this test needs
+    try:
+        child = ("from harness.engine.cluster import start_local, session_dir, shutdown_ray\n"
+                 "start_local(1)\nprint(session_dir())\nshutdown_ray()")
+        proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env=_env(RAY_TMPDIR=ray_tmp),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        holder.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = Path(proc.stdout.strip().splitlines()[-1]) / "logs" / "dashboard_agent.log"
+    text = log.read_text()
+    assert "Dashboard agent" in text, text[-2000:]  # the agent did start and log
+    assert "Failed to bind" not in text, text[-2000:]
+
+
 # ----- a cluster that refuses us or cannot place the workers -------------------------------------------------
 def test_workers_that_do_not_fit_in_the_cluster_are_one_line_errors(tmp_path, ray_session):
     from harness.config import ConfigError

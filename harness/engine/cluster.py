@@ -18,6 +18,10 @@ Why it works the way it does:
   agents live on for up to a minute. For the local cluster it started, the driver ends all of its
   session's processes at shutdown (and at exit), and a small reaper process (harness/engine/reaper.py)
   does the same when the driver dies without a chance to (SIGKILL).
+- Ray's per-node dashboard agent listens on one fixed HTTP port (52365) unless told otherwise, and ray.init
+  does not let it be told. With a second Ray on the machine (another run, a study lane, a test), the agent
+  retried that port for 3.3 s and the raylet waited for it: ray.init took 7.3 s instead of 4.2 s
+  (bench/results/bench_startup.md). A local cluster asks for a free port instead (`_free_agent_port`).
 """
 
 from __future__ import annotations
@@ -73,14 +77,38 @@ def start_local(num_cpus: int, runtime_env: dict | None = None) -> None:
     os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet that ray.init starts
     try:
         # address="local": start our own Ray, never join a cluster someone else started on this machine
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=None,
-                 include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, configure_logging=True,
-                 logging_level=logging.WARNING)
+        with _free_agent_port():
+            ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=None,
+                     include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, configure_logging=True,
+                     logging_level=logging.WARNING)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
         if niceness is None:
             os.environ.pop(WORKER_NICENESS, None)
     _own_session()
+
+
+@contextlib.contextmanager
+def _free_agent_port():
+    """While ray.init starts a local node: its dashboard agent's HTTP server binds a free port (0), not Ray's fixed
+    default 52365, which a second Ray on the machine already holds (the agent then retries it for 3.3 s while the
+    raylet waits). ray.init has no parameter for it; the node's parameters (ray._private.parameter.RayParams,
+    private, like the cluster-mode switch) take it as `dashboard_agent_listen_port`, where 0 means any free port.
+    No dashboard runs (include_dashboard=False), so nothing needs to find the agent's port."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class RayParams(original):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = RayParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def join_cluster(address: str, runtime_env: dict | None = None) -> None:
