@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(common.RESULTS))
     args = ap.parse_args(argv)
 
+    import bench_batched as bb
     import numpy as np
     import ray
 
-    import bench_batched as bb
     from harness.engine.executor import RayExecutor
     from harness.engine.parts import build_parts
     from harness.engine.rounds import waves
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             (batches,) = waves(cids, 2, sizes)
             jobs = [[ClientJob(c, rnd, {"model": parts.global_vec}, {}, None, None) for c in b] for b in batches]
             t = time.perf_counter()
-            results = ray.get([a.__ray_call__.remote(_timed_train, j) for a, j in zip(executor.actors, jobs)])
+            results = ray.get([a.__ray_call__.remote(_timed_train, j) for a, j in
+                               zip(executor.actors, jobs, strict=True)])
             call = time.perf_counter() - t
             inside = [r[1] for r in results]
             rows.append({"round": rnd + 1, "call_s": call, "worker_a_s": inside[0], "worker_b_s": inside[1],
