@@ -60,7 +60,7 @@ def femnist_config(tmp: Path, w: dict, rounds: int, workers: int, batched: str, 
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.7, "batched": batched,
                   "cohort_size": cohort},
         "algorithm": {"name": "fedavg"},
-        "workers": {"num_workers": workers, "num_cpus": 1.0, "use_ray": True},
+        "workers": {"num_workers": workers, "num_cpus": 1.0, "use_ray": True, "warm_start": False},
         "tracking": {"enabled": False},
         "checkpoint_dir": str(tmp / "ckpt"),
     })

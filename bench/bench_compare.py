@@ -105,7 +105,7 @@ def make_config(name: str, tmp: Path, rounds: int, workers: int):
     tree = yaml.safe_load(PAPER_CIFAR.read_text())
     tree.update(name="bench-compare", rounds=rounds, eval_every=10**6, device="cpu", checkpoint_dir=str(tmp / "ckpt"),
                 tracking={"enabled": False}, algorithm={"name": "fedavg"},
-                workers={"num_workers": workers, "num_cpus": 1.0, "use_ray": True})
+                workers={"num_workers": workers, "num_cpus": 1.0, "use_ray": True, "warm_start": False})
     tree["data"] = {"source": "arrays", "root": str(CIFAR10)}
     tree["partition"]["cache_dir"] = None
     return validate(tree)

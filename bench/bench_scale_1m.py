@@ -47,7 +47,7 @@ def config(p: dict):
         "model": {"name": "mlp", "options": {"hidden": p["hidden"]}},
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.0},
         "algorithm": {"name": p["algorithm"]},
-        "workers": {"num_workers": 2, "num_cpus": 1.0, "use_ray": not p["in_process"]},
+        "workers": {"num_workers": 2, "num_cpus": 1.0, "use_ray": not p["in_process"], "warm_start": False},
         "store": {"backend": "disk", "path": str(work / "store")},
         "tracking": {"enabled": False},
         "checkpoint_dir": str(work / "ckpt"),

@@ -194,7 +194,7 @@ def run_config(tmp: Path, *, num_clients: int, clients_per_round: int, rounds: i
         "model": {"name": model, "options": model_options or {}},
         "train": {"local_epochs": local_epochs, "batch_size": batch_size, "lr": 0.01, "momentum": 0.7},
         "algorithm": {"name": algorithm},
-        "workers": {"num_workers": workers, "num_cpus": 1.0, "use_ray": True},
+        "workers": {"num_workers": workers, "num_cpus": 1.0, "use_ray": True, "warm_start": False},
         "store": {"backend": store, "path": store_path},
         "tracking": {"enabled": False},
         "checkpoint_dir": str(tmp / "ckpt"),

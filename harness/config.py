@@ -103,6 +103,8 @@ class WorkersSpec(Strict):
     address: str | None = Field(None, description="existing Ray cluster (e.g. 'auto' or ray://host:10001)")
     max_retries: int = Field(3, ge=0, description="re-runs of a batch whose worker died")
     use_ray: bool = Field(True, description="false runs the workers in-process (debugging)")
+    warm_start: bool = Field(True, description="a run that starts its own local Ray trains its first rounds in-process "
+                             "while Ray and the actors start (same numbers); false waits for the actors")
 
 
 class StoreSpec(Strict):

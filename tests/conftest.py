@@ -52,7 +52,8 @@ def small_config(tmp_path, *overrides: str, **fields):
                       "cache_dir": str(tmp_path / "cache")},
         "model": {"name": "mlp", "options": {"hidden": 32}},
         "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.05},
-        "workers": {"num_workers": 2, "use_ray": False},
+        # warm_start off: a test that asks for Ray means the actors (tests/test_warm_start.py turns it on)
+        "workers": {"num_workers": 2, "use_ray": False, "warm_start": False},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tests", "enabled": False},
         "checkpoint_dir": str(tmp_path / "ckpt"),
     }

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, small_config
 RUN = {"name": "sec", "seed": 0, "rounds": 60, "join_ratio": 0.5, "eval_every": 10, "data": {"source": "digits"},
        "partition": {"scheme": "dirichlet", "num_clients": 10, "alpha": 0.5, "min_samples": 10},
        "model": {"name": "mlp", "options": {"hidden": 16}}, "train": {"local_epochs": 2, "batch_size": 16},
-       "workers": {"num_workers": 1, "num_cpus": 1, "use_ray": True}}
+       # warm_start off: these tests watch the actors, which must be up while the run still has rounds to train
+       "workers": {"num_workers": 1, "num_cpus": 1, "use_ray": True, "warm_start": False}}
 
 
 # ----- helpers: processes and listening sockets, from /proc --------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import threading
 from collections import defaultdict
 from typing import Any
@@ -168,8 +170,87 @@ class RayExecutor:
         self.actors = []
 
 
-__all__ = ["ActorCache", "InProcessExecutor", "RayExecutor", "init_ray", "make_executor", "shutdown_ray"]
+class WarmingExecutor:
+    """A local Ray started in the background while the first rounds train in this process.
+
+    Starting a local Ray and its actors (ray.init, the actor processes, `import torch` and the model in each)
+    takes 8-10 s on 2 cores, and a run used to wait for all of it before its first round. Here a thread starts
+    it (a RayExecutor) while `map` runs each call in-process; once the actors are up, every later call goes to
+    them. A client's training depends only on (seed, round, client), and every algorithm gives the same numbers
+    in-process and on Ray (tests/test_every_algorithm.py), so where a round ran never shows in the results.
+    Used only where nothing can go wrong later that would have failed at once before: a local cluster started by
+    this run, without GPUs (a cluster to join, or a GPU share, waits as before: `make_executor`).
+    """
+
+    def __init__(self, cfg: RunConfig, data: FederatedDataset):
+        if threading.current_thread() is threading.main_thread():
+            # ray.init sets this only when it runs on the main thread: SIGTERM (kill, a scheduler's preemption)
+            # must still end the run through SystemExit, which the engine records as KILLED and resumable
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        logging.getLogger("ray._private.worker").addFilter(_SIGTERM_NOTICE)  # ...and says it did not, in a warning
+        self.num_workers = cfg.workers.num_workers
+        self.local = InProcessExecutor(cfg, data)
+        self.remote: RayExecutor | None = None
+        self.error: BaseException | None = None
+        self.calls_in_process = 0
+        self.calls_on_ray = 0
+        self._thread = threading.Thread(target=self._start, args=(cfg, data), name="fedharness-ray-start", daemon=True)
+        self._thread.start()
+
+    def _start(self, cfg: RunConfig, data: FederatedDataset) -> None:
+        try:
+            self.remote = RayExecutor(cfg, data)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread by the next map
+            self.error = err
+
+    def map(self, method: str, batches: list[list[Any]]) -> list[list[Any]]:
+        if self._thread.is_alive():
+            self.calls_in_process += 1
+            return self.local.map(method, batches)
+        if self.error is not None:
+            raise self.error
+        self.calls_on_ray += 1
+        return self.remote.map(method, batches)
+
+    def shutdown(self) -> None:
+        """Waits for a start still under way (its processes must be known to be ended), then ends both. A Ctrl-C or
+        SIGTERM meanwhile does not cut the wait short (Ray's processes would outlive us); harness.interrupts keeps the
+        Ctrl-C for the engine, and the run's status was decided before this call."""
+        while self._thread.is_alive():
+            try:
+                self._thread.join(0.2)
+            except (KeyboardInterrupt, SystemExit):
+                log.warning("still waiting for the background Ray start to finish, to end its processes")
+        if self.remote is not None:
+            self.remote.shutdown()
+        self.local.shutdown()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.exit(signum)  # what ray.init's own handler does
+
+
+class _NoSigtermNotice(logging.Filter):
+    """Drops ray.init's warning that it set no SIGTERM handler off the main thread (WarmingExecutor sets one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+_SIGTERM_NOTICE = _NoSigtermNotice()
+
+
+__all__ = ["ActorCache", "InProcessExecutor", "RayExecutor", "WarmingExecutor", "init_ray", "make_executor",
+           "shutdown_ray"]
 
 
 def make_executor(cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):
-    return RayExecutor(cfg, data, cache) if cfg.workers.use_ray else InProcessExecutor(cfg, data)
+    """In-process (workers.use_ray=false); a Ray pool, its actors taken from `cache` where given; for a run that
+    starts its own local Ray (no cache, no cluster address, no GPUs, Ray not started yet, workers.warm_start),
+    a WarmingExecutor: the first rounds in-process while Ray starts."""
+    if not cfg.workers.use_ray:
+        return InProcessExecutor(cfg, data)
+    if (cache is None and cfg.workers.warm_start and not cfg.workers.address and cfg.workers.num_gpus == 0
+            and not ray.is_initialized()):
+        return WarmingExecutor(cfg, data)
+    return RayExecutor(cfg, data, cache)
