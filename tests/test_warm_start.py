@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import harness.engine.executor as executor_module
 from harness.config import ConfigError
@@ -22,6 +23,7 @@ def test_make_executor_warm_starts_only_a_local_cluster_of_its_own(tmp_path, mon
     monkeypatch.setattr(executor_module, "WarmingExecutor", lambda cfg, data: "warm")
     monkeypatch.setattr(executor_module, "RayExecutor", lambda cfg, data, cache=None: "wait")
     monkeypatch.setattr(executor_module.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     def made(*overrides, cache=None):
         cfg = small_config(tmp_path, "workers.use_ray=true", "workers.warm_start=true", *overrides)  # the default
@@ -32,6 +34,9 @@ def test_make_executor_warm_starts_only_a_local_cluster_of_its_own(tmp_path, mon
     assert made("workers.address=auto") == "wait"  # a cluster to join: its errors must come before round 1
     assert made("workers.num_gpus=0.5") == "wait"
     assert made(cache=ActorCache()) == "wait"  # a study's actors, already up
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert made() == "wait"  # device=auto would train the driver's rounds on a GPU, the actors' on the CPU
+    assert made("device=cpu") == "warm"
     monkeypatch.setattr(executor_module.ray, "is_initialized", lambda: True)
     assert made() == "wait"  # Ray already running: nothing to wait for
 

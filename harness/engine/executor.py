@@ -22,7 +22,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from harness.config import RunConfig
 from harness.engine.allocator import keep_freed_memory
 from harness.engine.cluster import init_ray, shutdown_ray
-from harness.engine.worker import Worker
+from harness.engine.worker import Worker, resolve_device
 from partitions.federated import FederatedDataset
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,13 @@ __all__ = ["ActorCache", "InProcessExecutor", "RayExecutor", "WarmingExecutor", 
 
 def make_executor(cfg: RunConfig, data: FederatedDataset, cache: ActorCache | None = None):
     """In-process (workers.use_ray=false); a Ray pool, its actors taken from `cache` where given; for a run that
-    starts its own local Ray (no cache, no cluster address, no GPUs, Ray not started yet, workers.warm_start),
-    a WarmingExecutor: the first rounds in-process while Ray starts."""
+    starts its own local Ray (no cache, no cluster address, no GPUs, training on the CPU, Ray not started yet,
+    workers.warm_start), a WarmingExecutor: the first rounds in-process while Ray starts."""
     if not cfg.workers.use_ray:
         return InProcessExecutor(cfg, data)
     if (cache is None and cfg.workers.warm_start and not cfg.workers.address and cfg.workers.num_gpus == 0
-            and not ray.is_initialized()):
+            and resolve_device(cfg.device).type == "cpu" and not ray.is_initialized()):
+        # CPU only: actors without a GPU share train on the CPU, and so must the driver's rounds (device=auto on a
+        # machine with CUDA would put those on the GPU, whose floats differ)
         return WarmingExecutor(cfg, data)
     return RayExecutor(cfg, data, cache)
