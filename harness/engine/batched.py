@@ -174,7 +174,7 @@ class CohortTrainer:
             m = torch.from_numpy(mask).to(dev)
             counts = m.sum(1)
             leaves = params
-            logits = self._forward({k: v.mT if k in self.transposed else v for k, v in leaves.items()}, x)
+            logits = self._forward({k: self._natural(k, v) for k, v in leaves.items()}, x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(c, bs)
             loss = (ce * m).sum(1) / counts.clamp(min=1)
             if anchors is not None:

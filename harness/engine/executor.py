@@ -178,8 +178,8 @@ class WarmingExecutor:
     it (a RayExecutor) while `map` runs each call in-process; once the actors are up, every later call goes to
     them. A client's training depends only on (seed, round, client), and every algorithm gives the same numbers
     in-process and on Ray (tests/test_every_algorithm.py), so where a round ran never shows in the results.
-    Used only where nothing can go wrong later that would have failed at once before: a local cluster started by
-    this run, without GPUs (a cluster to join, or a GPU share, waits as before: `make_executor`).
+    Used only where nothing can go wrong later that would have failed at once before, and where the driver trains
+    on the device the actors use: a local cluster started by this run, on the CPU (`make_executor` decides).
     """
 
     def __init__(self, cfg: RunConfig, data: FederatedDataset):
