@@ -166,6 +166,11 @@ class RunConfig(Strict):
     rounds: int = Field(20, ge=1)
     clients_per_round: int | None = Field(None, ge=1, description="overrides join_ratio")
     join_ratio: float = Field(0.1, gt=0, le=1)
+    sampling: Literal["uniform", "flbench"] = Field("uniform", description=(
+        "which clients a round samples: uniform = a seeded draw per round (protocol.rng); flbench = FL-bench's "
+        "stream, random.Random(seed).sample(training clients, k) drawn round after round, so that with "
+        "partition.scheme=flbench_dirichlet every round trains the clients FL-bench's run of that seed trained "
+        "(needs budget.mode=fixed and every client available)"))
     eval_every: int = Field(1, ge=1)
     eval_sampled: bool = Field(False, description=(
         "per round, pooled accuracy of the sampled clients' test splits before local training (the model each "
@@ -222,6 +227,14 @@ class RunConfig(Strict):
                              f"({field}); leave it unset to evaluate every client")
         return self
 
+    @model_validator(mode="after")
+    def _flbench_sampling_needs_everyone(self) -> RunConfig:
+        b = self.budget
+        if self.sampling == "flbench" and (b.mode != "fixed" or b.devices.availability < 1 or b.devices.trace_file):
+            raise ValueError("sampling=flbench draws from every training client each round, as FL-bench does: it needs "
+                             "budget.mode=fixed, budget.devices.availability=1 and no budget.devices.trace_file")
+        return self
+
     def _population_field(self) -> str:
         return "partition.virtual_clients" if self.partition.virtual_clients is not None else "partition.num_clients"
 
@@ -248,6 +261,8 @@ class RunConfig(Strict):
             body["train"].pop("cohort_size", None)
         if body.get("eval_clients", 0) is None:  # the default: hashes of runs recorded before it stay the same
             body.pop("eval_clients")
+        if body.get("sampling") == "uniform":  # the default: hashes of runs recorded before it stay the same
+            body.pop("sampling")
         if body.get("empty_round_policy") == "fail":  # the default: hashes of runs recorded before it stay the same
             body.pop("empty_round_policy")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

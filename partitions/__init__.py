@@ -19,7 +19,7 @@ from partitions.schemes import SCHEMES, Deal, run_scheme, scheme, scheme_label
 from partitions.shift import apply_feature_shift, feature_shift_params
 from partitions.sources import SOURCES, load_source, source
 from partitions.spec import DataSpec, FeatureShiftSpec, PartitionSpec
-from partitions.splits import split_owner
+from partitions.splits import split_from_codes, split_owner
 from partitions.virtual import VirtualFederatedDataset
 from protocol.rng import rng
 
@@ -82,7 +82,11 @@ def _deal_and_split(data: ArrayData, partition: PartitionSpec,
     k = partition.num_clients
     dealt = run_scheme(data.y, partition, rng(seed, "partition"), groups=data.groups)
     owner = dealt.owner
-    index, offsets = split_owner(owner, k, partition.test_fraction, partition.val_fraction, rng(seed, "local-split"))
+    if dealt.split is not None:  # the scheme reproduces another tool's local split (flbench_dirichlet)
+        index, offsets = split_from_codes(owner, dealt.split, k, partition.val_fraction > 0)
+    else:
+        index, offsets = split_owner(owner, k, partition.test_fraction, partition.val_fraction,
+                                     rng(seed, "local-split"))
     n_unseen = int(round(partition.unseen_fraction * k))
     unseen = rng(seed, "unseen").choice(k, n_unseen, replace=False)
     train_clients = np.setdiff1d(np.arange(k), unseen)

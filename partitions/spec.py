@@ -107,7 +107,8 @@ class PartitionSpec(Strict):
     scheme: Literal[tuple(SCHEMES)] = Field(  # type: ignore[valid-type]  # kept equal to the registry
         "dirichlet", description="a registered scheme; built in: iid, dirichlet (label skew), pathological (k "
                                  "classes per client), shards, quantity (size skew), natural (by data.group_column), "
-                                 "inner_dirichlet, iid_dirichlet_mix, label_quantity")
+                                 "inner_dirichlet, iid_dirichlet_mix, label_quantity, flbench_dirichlet "
+                                 "(FL-bench's own partition and local split, draw for draw)")
     num_clients: int = Field(50, ge=1, description="number of clients (natural: how many groups to keep)")
     min_samples: int = Field(10, ge=1, description="minimum samples per client (before the local split)")
     feature_shift: FeatureShiftSpec = FeatureShiftSpec()

@@ -37,8 +37,24 @@ def split_owner(owner: np.ndarray, num_clients: int, test_fraction: float, val_f
     rank = np.arange(len(idx)) - start[cl]
     n_test, n_val = split_counts(sizes, test_fraction, val_fraction)
     which = np.where(rank < n_test[cl], 0, np.where(rank < (n_test + n_val)[cl], 1, 2))
-    names = ["test", "val", "train"] if val_fraction > 0 else ["test", "train"]
-    codes = [0, 1, 2] if val_fraction > 0 else [0, 2]
+    return _csr(idx, cl, which, num_clients, val_fraction > 0)
+
+
+def split_from_codes(owner: np.ndarray, codes: np.ndarray, num_clients: int,
+                     with_val: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """CSR (index, offsets) per split from a split decided elsewhere: codes[i] = 0 test, 1 val, 2 train
+    (-1 where owner is -1), e.g. a scheme that reproduces another tool's local split (Deal.split)."""
+    assigned = np.flatnonzero(owner >= 0)
+    if not with_val and (codes[assigned] == 1).any():
+        raise ValueError("the scheme put examples in a validation split, but partition.val_fraction is 0")
+    return _csr(assigned, owner[assigned], codes[assigned], num_clients, with_val)
+
+
+def _csr(idx: np.ndarray, cl: np.ndarray, which: np.ndarray, num_clients: int,
+         with_val: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per split (which: 0 test, 1 val, 2 train), every client's indices sorted, as (index, offsets)."""
+    names = ["test", "val", "train"] if with_val else ["test", "train"]
+    codes = [0, 1, 2] if with_val else [0, 2]
     index, offsets = {}, {}
     for name, code in zip(names, codes, strict=True):
         sel = which == code
@@ -48,7 +64,7 @@ def split_owner(owner: np.ndarray, num_clients: int, test_fraction: float, val_f
         off = np.zeros(num_clients + 1, dtype=np.int64)
         off[1:] = np.cumsum(np.bincount(c_s, minlength=num_clients))
         offsets[name] = off
-    order_names = ["train", "val", "test"] if val_fraction > 0 else ["train", "test"]
+    order_names = ["train", "val", "test"] if with_val else ["train", "test"]
     return {s: index[s] for s in order_names}, {s: offsets[s] for s in order_names}
 
 

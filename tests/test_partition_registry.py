@@ -33,8 +33,8 @@ def one_line_error(tree: dict) -> str:
 def test_unknown_scheme_names_the_registered_ones():
     message = one_line_error({"partition": {"scheme": "zipf"}})
     assert message == ("partition.scheme: Input should be a registered partition scheme: 'iid', 'dirichlet', "
-                       "'pathological', 'shards', 'quantity', 'natural', 'inner_dirichlet', 'iid_dirichlet_mix' or "
-                       "'label_quantity' (got \"zipf\")")
+                       "'pathological', 'shards', 'quantity', 'natural', 'inner_dirichlet', 'iid_dirichlet_mix', "
+                       "'label_quantity' or 'flbench_dirichlet' (got \"zipf\")")
 
 
 def test_unknown_key_names_the_key_the_scheme_and_its_keys():
@@ -48,7 +48,8 @@ def test_a_key_of_another_scheme_is_an_error_unless_it_is_at_its_default():
     assert "key 'partition.classes_per_client' belongs to scheme pathological, label_quantity, not dirichlet" in message
     assert "allowed keys here: alpha, dirichlet_balance (scheme dirichlet)" in message
     message = one_line_error({"partition": {"scheme": "iid", "alpha": 0.1}})
-    assert "'partition.alpha' belongs to scheme dirichlet, inner_dirichlet, iid_dirichlet_mix, not iid" in message
+    assert ("'partition.alpha' belongs to scheme dirichlet, inner_dirichlet, iid_dirichlet_mix, flbench_dirichlet, "
+            "not iid") in message
     assert "scheme iid has no keys of its own" in message
     # at its default it carries no meaning: accepted and dropped (a study cell partition.scheme=iid over a
     # Dirichlet base with alpha 0.5, or a config saved before the registry, which lists every key)
@@ -107,7 +108,8 @@ def test_labels_come_from_the_schemes():
                       "shards": "shards(shards=2)", "quantity": "quantity(lognormal)", "natural": "natural",
                       "inner_dirichlet": "inner_dirichlet(alpha=0.5)",
                       "iid_dirichlet_mix": "iid_dirichlet_mix(iid=0.5,alpha=0.5)",
-                      "label_quantity": "label_quantity(k=2,lognormal)"}
+                      "label_quantity": "label_quantity(k=2,lognormal)",
+                      "flbench_dirichlet": "flbench_dirichlet(alpha=0.5,seed=42)"}
     assert scheme_label(PartitionSpec(scheme="dirichlet", alpha=0.1)) == "dirichlet(alpha=0.1)"
 
 

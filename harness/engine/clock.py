@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,11 +107,14 @@ class RoundPlan:
 
 
 class VirtualClock:
-    def __init__(self, spec: BudgetSpec, profiles: DeviceProfiles, batch_size: int, seed: int):
+    def __init__(self, spec: BudgetSpec, profiles: DeviceProfiles, batch_size: int, seed: int,
+                 sampling: str = "uniform"):
         self.spec = spec
         self.p = profiles
         self.batch_size = batch_size
         self.seed = seed
+        self.sampling = sampling
+        self._flbench: tuple[random.Random, int] | None = None  # FL-bench's stream and the rounds drawn from it
 
     def available(self, round: int, candidates: np.ndarray) -> np.ndarray:
         online = rng(self.seed, "availability", round).random(len(self.p.availability)) < self.p.availability
@@ -118,11 +122,28 @@ class VirtualClock:
 
     def sample(self, round: int, candidates: np.ndarray, k: int) -> np.ndarray:
         """Clients asked to train this round (K, or (1+overcommit)K in overcommit mode)."""
+        if self.sampling == "flbench":
+            return self._flbench_sample(round, candidates, k)
         pool = self.available(round, candidates)
         if self.spec.mode == "overcommit":
             k = math.ceil(k * (1 + self.spec.overcommit))
         k = min(k, len(pool))
         return np.sort(rng(self.seed, "sample", round).choice(pool, size=k, replace=False))
+
+    def _flbench_sample(self, round: int, candidates: np.ndarray, k: int) -> np.ndarray:
+        """FL-bench's client stream: Python's random seeded with the run seed, one random.sample(training clients,
+        k) per round in order (its server draws them all up front). Round r (0-based, as the engine counts) is
+        draw r + 1; a resumed run replays the earlier draws, so the stream depends on the round alone."""
+        if self._flbench is None or self._flbench[1] > round:
+            self._flbench = (random.Random(self.seed), 0)
+        stream, drawn = self._flbench
+        pool = [int(c) for c in candidates]
+        chosen: list[int] = []
+        while drawn <= round:
+            chosen = stream.sample(pool, min(k, len(pool)))
+            drawn += 1
+        self._flbench = (stream, drawn)
+        return np.sort(np.array(chosen, dtype=np.int64))
 
     def comm_seconds(self, cid: int, bytes_down: int, bytes_up: int) -> float:
         return bytes_down / self.p.download_bps[cid] + bytes_up / self.p.upload_bps[cid]

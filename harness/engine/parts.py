@@ -43,7 +43,7 @@ def build_parts(cfg: RunConfig, evaluate: bool = True) -> Parts:
     device = torch.device("cuda") if cfg.device == "cuda" else resolve_device(cfg.device)
     batched = decide(cfg.train.batched, algo, model, cfg.train.optimizer, device)
     profiles = DeviceProfiles.draw(cfg.budget, data.num_clients, cfg.seed)
-    clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed)
+    clock = VirtualClock(cfg.budget, profiles, cfg.train.batch_size, cfg.seed, cfg.sampling)
     try:
         eval_ids = evaluation_clients(cfg.eval_clients, data, cfg.seed) if evaluate else None
     except ValueError as err:

@@ -22,7 +22,7 @@ from partitions.schemes.registry import (
 )
 
 BUILTIN = ("iid", "dirichlet", "pathological", "shards", "quantity", "natural", "inner_dirichlet", "iid_dirichlet_mix",
-           "label_quantity")
+           "label_quantity", "flbench_dirichlet")
 for _name in BUILTIN:
     importlib.import_module(f"partitions.schemes.{_name}")
 
