@@ -13,11 +13,16 @@ earlier sessions), and the authors' figures from ../shared/reference/fedobp_logg
                             ranks and Kendall's tau, wall time per run
 - comparison.png / .pdf     all-client evaluations vs round, and both sampled-client curves
                             (smoothed over 20 rounds)
+With sampling=flbench (the paper presets) every round samples the clients the authors' run sampled, so
+table.md also compares the two sampled-client curves round by round (same clients, same round).
+The authors' figures: CIFAR-10 from ../shared/reference/fedobp_logged/, other data sets from the
+transcriptions in docs/reproduction/flbench_logged/ (<data set>_a<alpha>_periodic_evals.csv, _curves.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from scipy.stats import kendalltau
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "fedobp_logged"
+TRANSCRIBED = ROOT / "docs" / "reproduction" / "flbench_logged"
+DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 #: our cell name -> the logged run's algorithm (None: not in the logs)
 LOGGED_NAME = {"fedobp": "FedOBP", "fedobp_scheduled": "FedOBP", "fedavg": "fedavg", "local": "local",
                "fedper": "fedper", "fedrep": "fedrep", "lgfedavg": "lgfedavg", "apfl": "apfl", "fedrod": "fedrod",
@@ -74,10 +81,18 @@ def merge_committed(ours: dict[str, dict], history_dir: Path) -> dict[str, dict]
     return merged
 
 
-def load_logged(alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    curves = pd.read_csv(REFERENCE / f"curves_cifar10_alpha{alpha}.csv")
-    evals = pd.read_csv(REFERENCE / "periodic_evals.csv")
-    evals = evals[(evals["alpha"] == alpha) & (evals["dataset"] == "cifar10")]
+def load_logged(dataset: str, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if dataset == "cifar10":
+        curves = pd.read_csv(REFERENCE / f"curves_cifar10_alpha{alpha}.csv")
+        evals = pd.read_csv(REFERENCE / "periodic_evals.csv")
+    else:
+        curve_file, eval_file = (TRANSCRIBED / f"{dataset}_a{alpha}_{kind}.csv"
+                                 for kind in ("curves", "periodic_evals"))
+        curves = pd.read_csv(curve_file) if curve_file.exists() else pd.DataFrame(
+            columns=["algorithm", "round", "acc_before", "acc_after", "run_folder"])
+        evals = pd.read_csv(eval_file) if eval_file.exists() else pd.DataFrame(
+            columns=["algorithm", "run_folder", "alpha", "dataset", "eval_round_log", "acc_before_finetune"])
+    evals = evals[(evals["alpha"] == alpha) & (evals["dataset"] == dataset)]
     keep = (evals["algorithm"] != "pfedfda") | (evals["run_folder"] == PFEDFDA_RUN)
     curves_keep = (curves["algorithm"] != "pfedfda") | (curves["run_folder"] == PFEDFDA_RUN)
     return curves[curves_keep], evals[keep]
@@ -117,6 +132,30 @@ def curve_means(ours: dict[str, dict], curves: pd.DataFrame) -> pd.DataFrame:
                      "diff": round(ours_mean - logged_mean, 2) if logged_mean == logged_mean else np.nan,
                      "ours_after": round(100 * window["sampled_acc_after"].mean(), 2),
                      "logged_after": round(logged["acc_after"].mean(), 2) if len(logged) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def same_client_agreement(ours: dict[str, dict], curves: pd.DataFrame) -> pd.DataFrame:
+    """Round by round over every round we ran (sampling=flbench: the same 10 clients as the logged round):
+    mean of ours and logged, mean absolute difference and correlation of the per-round accuracies."""
+    rows = []
+    for name, run in sorted(ours.items()):
+        h = run["history"]
+        logged = curves[curves["algorithm"] == LOGGED_NAME.get(name)]
+        if "sampled_acc_before" not in h or logged.empty or name == "fedobp_scheduled":
+            continue
+        both = pd.DataFrame({"ours": 100 * h["sampled_acc_before"], "ours_after": 100 * h["sampled_acc_after"]})
+        theirs = logged.set_index(logged["round"] + 1)[["acc_before", "acc_after"]]  # the logs count from 0
+        both = both.join(theirs, how="inner").dropna()
+        if len(both) < 2:
+            continue
+        row = {"algorithm": name, "rounds": f"{int(both.index.min())}-{int(both.index.max())}"}
+        for ours_col, log_col, tag in (("ours", "acc_before", "before"), ("ours_after", "acc_after", "after")):
+            diff = both[ours_col] - both[log_col]
+            row.update({f"ours_{tag}": round(both[ours_col].mean(), 2), f"logged_{tag}": round(both[log_col].mean(), 2),
+                        f"mean_abs_diff_{tag}": round(diff.abs().mean(), 2),
+                        f"r_{tag}": round(float(np.corrcoef(both[ours_col], both[log_col])[0, 1]), 3)})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -177,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", required=True, help="the study spec (runs/paper/study_*.yaml)")
     p.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
     p.add_argument("--out", required=True)
+    p.add_argument("--dataset", help="the logged data set (default: from the spec's file name, "
+                                      "study_<data set>_dir...)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from harness.studies import load_study
@@ -184,16 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     study = load_study(args.study, tracking_uri=args.tracking_uri)
     cfg = study.cells[0].config
     alpha = float(cfg.partition.alpha)
+    dataset = args.dataset or re.match(r"study_(.+?)_dir", Path(args.study).name).group(1)
     out = Path(args.out)
     (out / "history").mkdir(parents=True, exist_ok=True)
     ours = merge_committed(load_ours(args.tracking_uri, study.experiment), out / "history")
-    curves, evals = load_logged(alpha)
+    curves, evals = load_logged(dataset, alpha)
     for name, run in ours.items():
         run["history"].to_csv(out / "history" / f"{name}.csv")
     comp = comparison_rows(ours, evals)
     comp.to_csv(out / "comparison.csv", index=False)
     means = curve_means(ours, curves)
-    lines = [f"# {study.name}: ours vs the FedOBP authors' logged runs (CIFAR-10, Dirichlet {alpha})", "",
+    lines = [f"# {study.name}: ours vs the FedOBP authors' logged runs ({DATASET_NAMES.get(dataset, dataset)}, "
+             f"Dirichlet {alpha})", "",
              f"Study spec: `{args.study}`; exact commands: `docs/reproduction/run_all.sh`. All-client accuracy of the "
              "personalized models (%), before fine-tuning, at each evaluated round; logged = the authors' "
              "`acc_before_finetune` at the same round.", ""]
@@ -215,6 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["Sampled clients' accuracy before / after local training (FL-bench's accuracy_test_before/after), "
                   "mean over the last 50 rounds we ran, logged curve over the same rounds:", "",
                   means.to_markdown(index=False), ""]
+    if cfg.sampling == "flbench":
+        agree = same_client_agreement(ours, curves)
+        if not agree.empty:
+            lines += ["Round by round, the same clients on both sides (sampling=flbench draws the logged run's 10 "
+                      "clients every round; partition flbench_dirichlet gives them the logged data): means of the "
+                      "per-round sampled-client accuracy, mean absolute per-round difference and correlation:", "",
+                      agree.to_markdown(index=False), ""]
     walls = {n: r["history"]["wall_round_time"].sum() for n, r in ours.items() if "wall_round_time" in r["history"]}
     status = pd.DataFrame({"rounds": {n: int(r["history"].index.max()) for n, r in ours.items()},
                            "status": {n: r["status"] for n, r in ours.items()},
