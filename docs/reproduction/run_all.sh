@@ -12,10 +12,12 @@ for until in 100 200 300 400; do
   $FH study runs/paper/study_cifar10_dir0.5.yaml --until-round "$until" --quiet --no-table
   $FH study runs/paper/study_mnist_dir0.1.yaml --until-round "$until" --quiet --no-table
 done
-# What produced the committed rows when one session could not hold every cell (2026-12-07: pFedFDA, Floco,
-# FLUTE, FedDPA, FedSelect): one cell at a time per background lane, each lane its own MLflow store, from a
-# worktree at a fixed commit, then compare.py once per store (it merges the committed histories):
-#   nice -n 19 fedharness study runs/paper/study_cifar10_dir0.1.yaml --cells pfedfda --parallel 1 \
-#       --until-round 100 --quiet --no-table --tracking-uri sqlite:///mlruns/laneB.db
+# The first study, on the harness's own Dirichlet partition (docs/reproduction/cifar10_dir0.1_own_partition/):
+#   $FH study runs/paper/study_cifar10_dir0.1_own_partition.yaml --until-round 100 --quiet --no-table
+# What produced the committed rows when one session could not hold every cell: one cell (or a few, in the
+# spec's order) at a time per background lane, each lane its own MLflow store, from a worktree at a fixed
+# commit, then compare.py once per store (it merges the committed histories):
+#   nice -n 19 fedharness study runs/paper/study_cifar10_dir0.1.yaml --cells fedavg,local --parallel 1 \
+#       --until-round 100 --quiet --no-table --tracking-uri sqlite:///mlruns/exA.db
 #   python docs/reproduction/compare.py --study runs/paper/study_cifar10_dir0.1.yaml \
-#       --tracking-uri sqlite:///mlruns/laneB.db --out docs/reproduction/cifar10_dir0.1
+#       --tracking-uri sqlite:///mlruns/exA.db --out docs/reproduction/cifar10_dir0.1
