@@ -261,6 +261,9 @@ class RunConfig(Strict):
             body["train"].pop("cohort_size", None)
         if body.get("eval_clients", 0) is None:  # the default: hashes of runs recorded before it stay the same
             body.pop("eval_clients")
+        for key in ("normalize_mean", "normalize_std"):  # the default: hashes of runs recorded before it stay the same
+            if body["data"].get(key, 0) is None:
+                body["data"].pop(key)
         if body.get("sampling") == "uniform":  # the default: hashes of runs recorded before it stay the same
             body.pop("sampling")
         if body.get("empty_round_policy") == "fail":  # the default: hashes of runs recorded before it stay the same

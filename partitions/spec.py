@@ -46,6 +46,11 @@ class DataSpec(Strict):
                                                        "writer); needed by partition.scheme=natural")
     invert: bool = Field(False, description="x -> 1 - x (uint8: 255 - x); LEAF FEMNIST stores white = 255")
     max_samples: int | None = Field(None, ge=1, description="keep only the first N samples (smoke tests)")
+    normalize_mean: list[float] | None = Field(None, description=(
+        "per-channel mean the inputs are normalized with (after uint8 / 255); null = the data's own. E.g. "
+        "FL-bench's CIFAR-10 constants [0.4914, 0.4822, 0.4465]"))
+    normalize_std: list[float] | None = Field(None, description=(
+        "per-channel std for the normalization; null = the data's own. FL-bench's CIFAR-10: [0.2023, 0.1994, 0.2010]"))
     cache_dir: str | None = Field(".cache/data", description="cache of decoded data (JPEG blobs, Hugging Face "
                                                              "images, unpacked MNIST files); null disables it")
 
@@ -57,6 +62,12 @@ class DataSpec(Strict):
         if value not in SOURCES:
             raise ValueError(f"unknown data source {value!r}; choose one of: {', '.join(sorted(SOURCES))}")
         return value
+
+    @model_validator(mode="after")
+    def _normalization(self) -> DataSpec:
+        if self.normalize_std is not None and not all(v > 0 for v in self.normalize_std):
+            raise ValueError(f"data.normalize_std must be positive, got {self.normalize_std}")
+        return self
 
     @model_validator(mode="after")
     def _source_options(self) -> DataSpec:

@@ -171,3 +171,22 @@ def test_a_run_on_fl_benchs_partition_and_stream(tmp_path, monkeypatch):
     stream = random.Random(5)
     assert seen == [sorted(stream.sample(list(range(10)), 3)) for _ in range(3)]
     assert out.final["rounds"] == 3 and 0.0 < out.final["best_personal_acc"] <= 1.0
+
+
+def test_normalization_constants_replace_the_datas_own(tmp_path):
+    """data.normalize_mean/std (e.g. FL-bench's CIFAR-10 constants) reach the data every trainer normalizes with."""
+    from partitions import build_federated_dataset
+    from tests.conftest import small_config
+
+    plain = small_config(tmp_path)
+    fed = build_federated_dataset(plain.data, plain.partition, 0)
+    assert fed.mean != (0.25,)
+    cfg = small_config(tmp_path, "data.normalize_mean=[0.25]", "data.normalize_std=[0.5]")
+    fed = build_federated_dataset(cfg.data, cfg.partition, 0)
+    assert fed.mean == (0.25,) and fed.std == (0.5,)
+    assert cfg.config_hash() != plain.config_hash()
+    with pytest.raises(ValueError, match="one value per channel.*has 1, got 3"):
+        bad = small_config(tmp_path, "data.normalize_mean=[0.4914, 0.4822, 0.4465]")
+        build_federated_dataset(bad.data, bad.partition, 0)
+    with pytest.raises(ValueError, match="normalize_std must be positive"):
+        small_config(tmp_path, "data.normalize_std=[0]")

@@ -55,7 +55,8 @@ def unregister(name: str) -> None:
 
 
 def load_source(spec: DataSpec) -> ArrayData:
-    """Load spec's source, then apply the options every source shares: invert and max_samples."""
+    """Load spec's source, then apply the options every source shares: invert, max_samples and the
+    normalization constants."""
     if spec.source not in SOURCES:
         raise ValueError(f"unknown data source {spec.source!r}; choose one of: {', '.join(sorted(SOURCES))}")
     data = SOURCES[spec.source].load(spec)
@@ -69,7 +70,21 @@ def load_source(spec: DataSpec) -> ArrayData:
                          data.groups, data.class_names, data.columns)
     if spec.max_samples is not None and spec.max_samples < len(data.y):
         data = data.subset(slice(0, spec.max_samples))
-    return data
+    return normalized_with(data, spec)
+
+
+def normalized_with(data: ArrayData, spec: DataSpec) -> ArrayData:
+    """The data with the spec's normalization constants in place of its own channel mean / std."""
+    if spec.normalize_mean is None and spec.normalize_std is None:
+        return data
+    channels = len(data.mean)
+    mean = tuple(spec.normalize_mean) if spec.normalize_mean is not None else tuple(data.mean)
+    std = tuple(spec.normalize_std) if spec.normalize_std is not None else tuple(data.std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"data.normalize_mean / normalize_std need one value per channel: {data.name} has "
+                         f"{channels}, got {len(mean)} and {len(std)}")
+    return ArrayData(data.x, data.y, data.num_classes, mean, std, data.name, data.groups, data.class_names,
+                     data.columns)
 
 
 def check_finite_inputs(data: ArrayData, spec: DataSpec) -> None:

@@ -38,7 +38,8 @@ RECORDED_PARTITION = ["partition.scheme=dirichlet", "partition.dirichlet_balance
 
 def cifar_overrides(tmp: str) -> list[str]:
     """FedOBP on the CIFAR-10 copy: the paper spec (avgcnn, 5 epochs -> 1), 20 clients of 3,000 images."""
-    return [*RECORDED_PARTITION, "data.source=arrays", f"data.root={CIFAR}", "data.download=false", "data.max_samples=3000",
+    return [*RECORDED_PARTITION, "data.source=arrays", f"data.root={CIFAR}", "data.download=false",
+            "data.max_samples=3000",
             "partition.num_clients=20", "rounds=3", "eval_every=3", "train.local_epochs=1", "workers.use_ray=false",
             "tracking.enabled=false", f"checkpoint_dir={tmp}/ckpt", f"partition.cache_dir={tmp}/cache",
             "algorithm.name=fedobp", "algorithm.q=0.999", "algorithm.ema=true", "algorithm.ema_alpha=0.1"]
@@ -46,7 +47,8 @@ def cifar_overrides(tmp: str) -> list[str]:
 
 def cifar_small_overrides(algorithm: str, tmp: str) -> list[str]:
     """Every algorithm on the avgcnn (conv layers train channels-last on the CPU): 10 clients of 1,200 images."""
-    return [*RECORDED_PARTITION, "data.source=arrays", f"data.root={CIFAR}", "data.download=false", "data.max_samples=1200",
+    return [*RECORDED_PARTITION, "data.source=arrays", f"data.root={CIFAR}", "data.download=false",
+            "data.max_samples=1200",
             "partition.num_clients=10", "rounds=2", "eval_every=2", "train.local_epochs=1", "workers.use_ray=false",
             "tracking.enabled=false", f"checkpoint_dir={tmp}/ckpt", f"partition.cache_dir={tmp}/cache",
             f"algorithm.name={algorithm}", "join_ratio=0.3", "eval_sampled=true"]
