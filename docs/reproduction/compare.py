@@ -170,18 +170,21 @@ def rank_agreement(comp: pd.DataFrame, at_round: int) -> tuple[pd.DataFrame, flo
     return both.sort_values("rank_ours"), float(tau), float(p)
 
 
-def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path: Path, title: str) -> None:
+def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path: Path, title: str,
+         same_clients: bool = False) -> None:
+    """All-client evaluations and the smoothed sampled-client curves; with same_clients (sampling=flbench) a third
+    panel puts each round's sampled-client accuracy before training, ours against logged (the same 10 clients)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(n for n in ours if "personal_acc" in ours[n]["history"])
+    names = sorted(n for n, run in ours.items() if {"personal_acc", "sampled_acc_before"} & set(run["history"]))
     colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, axes = plt.subplots(1, 3 if same_clients else 2, figsize=(19 if same_clients else 13, 4.6))
     for name in names:
         h = ours[name]["history"]
-        acc = h["personal_acc"].dropna()
+        acc = h["personal_acc"].dropna() if "personal_acc" in h else pd.Series(dtype=float)
         axes[0].plot(acc.index, 100 * acc.values, "o-", color=colors[name], label=f"{name} (ours)")
         logged = evals[evals["algorithm"] == LOGGED_NAME.get(name)].sort_values("eval_round_log")
         if len(logged) and name != "fedobp_scheduled":
@@ -195,14 +198,25 @@ def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path:
             part = log_curve[log_curve["round"] < max(last, 100)]
             axes[1].plot(part["round"] + 1, part["acc_before"].rolling(20, min_periods=1).mean(), ":",
                          color=colors[name])
+            if same_clients and "sampled_acc_before" in h:
+                logged_by_round = log_curve.set_index(log_curve["round"] + 1)["acc_before"]
+                both = pd.concat([100 * h["sampled_acc_before"], logged_by_round], axis=1, join="inner").dropna()
+                axes[2].plot(both.iloc[:, 1], both.iloc[:, 0], ".", ms=3, alpha=0.6, color=colors[name], label=name)
     axes[0].set_title("all clients, personalized model (o ours, x logged)", fontsize=10)
     axes[1].set_title("sampled clients, before local training (20-round mean; solid ours, dotted logged)",
                       fontsize=10)
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if same_clients:
+        axes[2].plot([0, 100], [0, 100], "k-", lw=0.6)
+        axes[2].set_xlabel("logged, the same round's 10 clients (%)")
+        axes[2].set_ylabel("ours (%)")
+        axes[2].set_title("sampled clients before local training, each round", fontsize=10)
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=7, markerscale=3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
@@ -273,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
               "'earlier session' = read from the committed history CSV):", "",
               status.to_markdown(), ""]
     (out / "table.md").write_text("\n".join(lines))
-    plot(ours, curves, evals, out / "comparison", f"{study.name}: ours vs logged")
+    plot(ours, curves, evals, out / "comparison", f"{study.name}: ours vs logged", cfg.sampling == "flbench")
     print("\n".join(lines))
     return 0
 
