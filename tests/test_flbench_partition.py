@@ -1,7 +1,7 @@
 """flbench_dirichlet and sampling=flbench reproduce the FedOBP authors' partitions and client streams.
 
 The authors' logs print each sampled client's test accuracy to two decimals every 10 rounds
-(docs/reproduction/flbench_logged_clients/): an accuracy a is k/n for the client's test-set size n, so the
+(docs/reproduction/flbench_logged/): an accuracy a is k/n for the client's test-set size n, so the
 1,600 logged lines check the test size of nearly every client of four partitions, and the logged clients of
 every 10th round check the sampling stream. The test sizes depend only on the class counts (FL-bench's
 shuffles permute positions, whatever the labels there), so no image is needed."""
@@ -20,7 +20,7 @@ from partitions import partition_data
 from partitions.federated import ArrayData
 from partitions.spec import PartitionSpec
 
-LOGS = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "flbench_logged_clients"
+LOGS = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "flbench_logged"
 CIFAR10_COUNTS = [6000] * 10  # train + test
 MNIST_COUNTS = [6903, 7877, 6990, 7141, 6824, 6313, 6876, 7293, 6825, 6958]  # train + test, torchvision's files
 
