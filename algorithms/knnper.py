@@ -20,7 +20,8 @@ memory under the model it is given (the global model's features of the client's 
 predicts with the interpolation; the global model's own evaluation (global_acc) and the fine-tuned evaluation
 (eval_finetune_epochs: the fine-tuned model's features changed, a memory would be stale) are the plain model.
 Nothing is kept per client (no client state): the memory is rebuilt from the current global model at each
-evaluation, as the authors build it once from the final model.
+evaluation, as the authors build it once from the final model (once per client per evaluation: its test and
+validation splits share it).
 
 Checked against the paper (Sec. 3-4: kNN over the shared representation, interpolation of probabilities), the
 authors' code (omarfoq/knn-per: client.KNNPerClient.gather_knn_outputs, eval_knnper.py) and FL-bench
@@ -153,12 +154,23 @@ class KnnPer(Algorithm):
                 lam = choose_lambda(p_loo, train_logits, labels)
         return Memory(keys, labels, float(lam), p.k, p.scale, self.ctx.num_classes)
 
+    def _memory_for(self, job: ClientJob, trainer, vec: np.ndarray) -> Memory:
+        """build_memory, reused while the same client of the same round asks with the same model object: one
+        evaluation asks for its test and then its validation split. The cached entry holds `vec` itself, so an
+        identity match cannot be a recycled id."""
+        cached = getattr(self, "_last_memory", None)
+        if cached is not None and cached[0] == (job.cid, job.round) and cached[1] is vec:
+            return cached[2]
+        memory = self.build_memory(job, trainer, vec)
+        self._last_memory = ((job.cid, job.round), vec, memory)
+        return memory
+
     @torch.no_grad()
     def evaluate_personal(self, job: ClientJob, trainer, vec: np.ndarray,
                           split: str = "test") -> tuple[int, float, int]:
         """The interpolated prediction λ p_kNN + (1 − λ) p_model on a split, with the memory built under `vec`;
         the loss is the negative log of the interpolated probability of the label (floored at 1e-10)."""
-        memory = self.build_memory(job, trainer, vec)
+        memory = self._memory_for(job, trainer, vec)
         z, logits, y = self.embed(job, trainer, split)
         if len(y) == 0:
             return 0, 0.0, 0

@@ -168,3 +168,26 @@ def test_knnper_end_to_end_identical_everywhere(tmp_path, actors):
                           actors=actors)
     final = out["local"].final
     assert final["personal_acc"] > final["global_acc"]  # the memory helps on label-skewed clients
+
+
+def test_knnper_builds_one_memory_per_client_evaluation(tmp_path, monkeypatch):
+    """Test and validation splits of one client's evaluation share its memory; another client, round or model
+    object builds a new one."""
+    s = Setup(tmp_path, "knnper", "partition.val_fraction=0.2")
+    built = []
+    original = type(s.algo).build_memory
+
+    def counting(self, job, trainer, vec):
+        built.append((job.cid, job.round))
+        return original(self, job, trainer, vec)
+
+    monkeypatch.setattr(type(s.algo), "build_memory", counting)
+    evals = s.worker.evaluate([ClientJob(c, 3, {"model": s.init}, {}) for c in (0, 1)])
+    assert built == [(0, 3), (1, 3)] and all(e.val_n > 0 for e in evals)
+    job = ClientJob(0, 3, {"model": s.init}, {})
+    once = s.algo.evaluate_personal(job, s.trainer, s.init)  # client 1 came between: rebuilt
+    twice = s.algo.evaluate_personal(job, s.trainer, s.init, "val")  # the same evaluation's val split: reused
+    again = s.algo.evaluate_personal(ClientJob(0, 4, {"model": s.init}, {}), s.trainer, s.init)  # a new round
+    s.algo.evaluate_personal(ClientJob(0, 4, {"model": s.init}, {}), s.trainer, s.init.copy())  # a new model object
+    assert built == [(0, 3), (1, 3), (0, 3), (0, 4), (0, 4)]
+    assert once == again and twice[2] > 0  # same model, same numbers
