@@ -122,6 +122,7 @@ class KnnPer(Algorithm):
     Params = KnnPerParams
     source = ("Marfoq et al. 2022 (probability interpolation, Gaussian kernel); k 7 (authors' cifar10 script), "
               "scale 1 (authors' default), λ per client on a 0.01 grid (authors' grid) on validation/train data")
+    _last_memory: tuple[tuple[int, int], np.ndarray, Memory] | None = None  # see _memory_for
 
     @torch.no_grad()
     def embed(self, job: ClientJob, trainer, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,7 +159,7 @@ class KnnPer(Algorithm):
         """build_memory, reused while the same client of the same round asks with the same model object: one
         evaluation asks for its test and then its validation split. The cached entry holds `vec` itself, so an
         identity match cannot be a recycled id."""
-        cached = getattr(self, "_last_memory", None)
+        cached = self._last_memory
         if cached is not None and cached[0] == (job.cid, job.round) and cached[1] is vec:
             return cached[2]
         memory = self.build_memory(job, trainer, vec)

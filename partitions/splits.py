@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+TEST, VAL, TRAIN = 0, 1, 2  # an example's split, as split_owner decides it and a scheme's Deal.split gives it
+
 
 def split_counts(sizes: np.ndarray, test_fraction: float, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(n_test, n_val) per client: round-half-up of size x fraction; a client with >= 2 examples
@@ -36,25 +38,25 @@ def split_owner(owner: np.ndarray, num_clients: int, test_fraction: float, val_f
     start = np.cumsum(sizes) - sizes
     rank = np.arange(len(idx)) - start[cl]
     n_test, n_val = split_counts(sizes, test_fraction, val_fraction)
-    which = np.where(rank < n_test[cl], 0, np.where(rank < (n_test + n_val)[cl], 1, 2))
+    which = np.where(rank < n_test[cl], TEST, np.where(rank < (n_test + n_val)[cl], VAL, TRAIN))
     return _csr(idx, cl, which, num_clients, val_fraction > 0)
 
 
 def split_from_codes(owner: np.ndarray, codes: np.ndarray, num_clients: int,
                      with_val: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """CSR (index, offsets) per split from a split decided elsewhere: codes[i] = 0 test, 1 val, 2 train
-    (-1 where owner is -1), e.g. a scheme that reproduces another tool's local split (Deal.split)."""
+    """CSR (index, offsets) per split from a split decided elsewhere: codes[i] = TEST, VAL or TRAIN (-1 where
+    owner is -1), e.g. a scheme that reproduces another tool's local split (Deal.split)."""
     assigned = np.flatnonzero(owner >= 0)
-    if not with_val and (codes[assigned] == 1).any():
+    if not with_val and (codes[assigned] == VAL).any():
         raise ValueError("the scheme put examples in a validation split, but partition.val_fraction is 0")
     return _csr(assigned, owner[assigned], codes[assigned], num_clients, with_val)
 
 
 def _csr(idx: np.ndarray, cl: np.ndarray, which: np.ndarray, num_clients: int,
          with_val: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per split (which: 0 test, 1 val, 2 train), every client's indices sorted, as (index, offsets)."""
+    """Per split (which: TEST, VAL, TRAIN), every client's indices sorted, as (index, offsets)."""
     names = ["test", "val", "train"] if with_val else ["test", "train"]
-    codes = [0, 1, 2] if with_val else [0, 2]
+    codes = [TEST, VAL, TRAIN] if with_val else [TEST, TRAIN]
     index, offsets = {}, {}
     for name, code in zip(names, codes, strict=True):
         sel = which == code

@@ -32,7 +32,7 @@ def labels(counts: list[int], seed: int = 0) -> np.ndarray:
 
 
 def partition(y: np.ndarray, scheme: str = "flbench_dirichlet", run_seed: int = 0, **keys):
-    spec = PartitionSpec(scheme=scheme, num_clients=100, min_samples=10, cache_dir=None, **keys)
+    spec = PartitionSpec(**{"scheme": scheme, "num_clients": 100, "min_samples": 10, "cache_dir": None, **keys})
     data = ArrayData(x=np.zeros((len(y), 1), dtype=np.float32), y=y, name="labels", num_classes=int(y.max()) + 1,
                      mean=(0.0,), std=(1.0,))
     return partition_data(data, spec, run_seed)
@@ -94,11 +94,7 @@ def test_split_sizes_round_down_like_fl_bench():
 def test_redraw_limit_is_a_clear_error():
     y = labels([50] * 10)
     with pytest.raises(ValueError, match="after 3 draws.*min_samples=5.*scheme dirichlet"):
-        spec = PartitionSpec(scheme="flbench_dirichlet", num_clients=100, min_samples=5, alpha=0.01, max_draws=3,
-                             cache_dir=None)
-        data = ArrayData(x=np.zeros((len(y), 1), dtype=np.float32), y=y, name="labels", num_classes=10,
-                         mean=(0.0,), std=(1.0,))
-        partition_data(data, spec, 0)
+        partition(y, min_samples=5, alpha=0.01, max_draws=3)
 
 
 def flbench_clock(seed: int = 42) -> VirtualClock:

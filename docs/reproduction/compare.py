@@ -135,17 +135,23 @@ def curve_means(ours: dict[str, dict], curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def logged_by_round(curves: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The logged curve of our cell `name`, acc_before / acc_after indexed by our round number (the logs count
+    rounds from 0, we from 1)."""
+    logged = curves[curves["algorithm"] == LOGGED_NAME.get(name)]
+    return logged.set_index(logged["round"] + 1)[["acc_before", "acc_after"]]
+
+
 def same_client_agreement(ours: dict[str, dict], curves: pd.DataFrame) -> pd.DataFrame:
     """Round by round over every round we ran (sampling=flbench: the same 10 clients as the logged round):
     mean of ours and logged, mean absolute difference and correlation of the per-round accuracies."""
     rows = []
     for name, run in sorted(ours.items()):
         h = run["history"]
-        logged = curves[curves["algorithm"] == LOGGED_NAME.get(name)]
-        if "sampled_acc_before" not in h or logged.empty or name == "fedobp_scheduled":
+        theirs = logged_by_round(curves, name)
+        if "sampled_acc_before" not in h or theirs.empty or name == "fedobp_scheduled":
             continue
         both = pd.DataFrame({"ours": 100 * h["sampled_acc_before"], "ours_after": 100 * h["sampled_acc_after"]})
-        theirs = logged.set_index(logged["round"] + 1)[["acc_before", "acc_after"]]  # the logs count from 0
         both = both.join(theirs, how="inner").dropna()
         if len(both) < 2:
             continue
@@ -199,8 +205,8 @@ def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path:
             axes[1].plot(part["round"] + 1, part["acc_before"].rolling(20, min_periods=1).mean(), ":",
                          color=colors[name])
             if same_clients and "sampled_acc_before" in h:
-                logged_by_round = log_curve.set_index(log_curve["round"] + 1)["acc_before"]
-                both = pd.concat([100 * h["sampled_acc_before"], logged_by_round], axis=1, join="inner").dropna()
+                both = pd.concat([100 * h["sampled_acc_before"], logged_by_round(curves, name)["acc_before"]], axis=1,
+                                 join="inner").dropna()
                 axes[2].plot(both.iloc[:, 1], both.iloc[:, 0], ".", ms=3, alpha=0.6, color=colors[name], label=name)
     axes[0].set_title("all clients, personalized model (o ours, x logged)", fontsize=10)
     axes[1].set_title("sampled clients, before local training (20-round mean; solid ours, dotted logged)",

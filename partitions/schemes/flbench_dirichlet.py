@@ -36,12 +36,11 @@ from pydantic import Field
 
 from partitions.schemes.common import check_enough
 from partitions.schemes.registry import Deal, scheme
+from partitions.splits import TEST, TRAIN, VAL
 from protocol.specs import Strict
 
 if TYPE_CHECKING:
     from partitions.spec import PartitionSpec
-
-TEST, VAL, TRAIN = 0, 1, 2
 
 
 class FLbenchDirichletParams(Strict):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
+from partitions.splits import TEST, TRAIN, VAL
 from protocol.specs import Strict
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ class Deal:
     """What a scheme may return instead of a bare owner vector: the owner plus metadata of its own
     for FederatedDataset.meta (cached with the partition, so JSON values only), e.g. the writer
     id of every client of a natural partition; and, for a scheme that must reproduce another
-    tool's local split exactly (flbench_dirichlet), the split of every example: 0 test, 1 val,
-    2 train, -1 where owner is -1 (None: the harness splits each client itself, partitions/splits.py)."""
+    tool's local split exactly (flbench_dirichlet), the split of every example: TEST, VAL or TRAIN
+    (partitions.splits), -1 where owner is -1 (None: the harness splits each client itself, partitions/splits.py)."""
 
     owner: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +137,8 @@ def run_scheme(y: np.ndarray, spec: PartitionSpec, gen: np.random.Generator,
                          f"-1..{spec.num_clients - 1}")
     split = None if result.split is None else np.asarray(result.split)
     if split is not None and (split.shape != owner.shape or split.dtype.kind not in "iu"
-                              or not np.isin(split, (-1, 0, 1, 2)).all() or ((split == -1) != (owner == -1)).any()):
+                              or not np.isin(split, (-1, TEST, VAL, TRAIN)).all()
+                              or ((split == -1) != (owner == -1)).any()):
         raise ValueError(f"scheme {spec.scheme}: its split must be an int array like owner, 0 test / 1 val / 2 train "
                          f"for every dealt example and -1 exactly where owner is -1")
     return Deal(owner.astype(np.int64, copy=False), dict(result.meta),
