@@ -9,7 +9,8 @@ Ways, each repetition running all of them one after the other (so load from othe
 
 * harness per-client - the real engine, train.batched=off, W Ray actors x 1 CPU, torch threads 1,
                        tracking off, no evaluation; a round = start of a round to the start of the next;
-* harness batched    - the same with train.batched=on (cohorts of train.cohort_size clients), W actors,
+* harness batched    - the same with train.batched=on (cohorts of train.cohort_size clients: each --cohort),
+                       W actors,
                        and with 1 actor;
 * plain 1 / 2 procs  - the per-client compute limit: a plain PyTorch loop training the round's clients
                        one after another (bench_throughput's loop: same data order, SGD with momentum),
@@ -19,7 +20,7 @@ Ways, each repetition running all of them one after the other (so load from othe
 Also reported per harness run: seconds from `open_run` to the first round's start with Ray already up
 (data, algorithm, actors; ray.init is measured by bench_startup.py).
 
-Run:  .venv/bin/python bench/bench_batched.py [--lenet5] [--repeats 3] [--rounds 6]
+Run:  .venv/bin/python bench/bench_batched.py [--lenet5] [--repeats 3] [--rounds 6] [--cohort 16 --cohort 50]
 Results: bench/results/bench_batched.{json,md}.
 """
 
@@ -74,7 +75,13 @@ def run_harness(cfg) -> dict[str, Any]:
     return {"round_s": timed["round_s"][1:], "startup_s": timer.round_starts[0] - t0}
 
 
-WAYS = ["harness per-client", "harness batched", "harness batched 1 worker", "plain 1 proc", "plain 2 procs"]
+PLAIN = ["plain 1 proc", "plain 2 procs"]
+
+
+def harness_ways(cohorts: list[int]) -> list[str]:
+    """The harness runs: one by one, batched with each cohort size, and batched on 1 worker (the first size)."""
+    return (["harness per-client"] + [f"harness batched, cohort {c}" for c in cohorts]
+            + [f"harness batched 1 worker, cohort {cohorts[0]}"])
 COLUMNS = [("workload", "workload"), ("way", "way"), ("round_s", "round s (median)"), ("ups", "updates/s"),
            ("vs_plain2", "x plain 2 procs"), ("vs_per_client", "x harness per-client"),
            ("startup_s", "open_run to first round s")]
@@ -86,13 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="measured rounds per run (after one warm-up round)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--cohort", type=int, default=16, help="train.cohort_size of the batched runs")
+    ap.add_argument("--cohort", type=int, action="append",
+                    help="train.cohort_size of a batched run (repeat for several; default 16 and 50)")
     ap.add_argument("--out", default=str(common.RESULTS))
     args = ap.parse_args(argv)
     if not FEMNIST.exists():
         print(f"FEMNIST not found at {FEMNIST}", file=sys.stderr)
         return 2
     names = ["femnist-mlp"] + (["femnist-lenet5"] if args.lenet5 else [])
+    args.cohort = args.cohort or [16, 50]
+    ways = harness_ways(args.cohort) + PLAIN
     common.torch_threads(1)
     common.init_ray(args.workers)
     info = common.machine_info()
@@ -100,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from partitions import build_federated_dataset
 
     measured = args.rounds + 2
-    raw: dict[str, dict[str, list[float]]] = {n: {w: [] for w in WAYS} for n in names}
-    startup: dict[str, dict[str, list[float]]] = {n: {w: [] for w in WAYS[:3]} for n in names}
+    raw: dict[str, dict[str, list[float]]] = {n: {w: [] for w in ways} for n in names}
+    startup: dict[str, dict[str, list[float]]] = {n: {w: [] for w in harness_ways(args.cohort)} for n in names}
     ctx = mp.get_context("spawn")
     pools: dict[tuple[str, int], Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-batched-") as tmpdir:
@@ -109,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         prepared = {}
         for name in names:
             w = WORKLOADS[name]
-            cfgs = {"harness per-client": femnist_config(tmp / name, w, measured, args.workers, "off", args.cohort),
-                    "harness batched": femnist_config(tmp / name, w, measured, args.workers, "on", args.cohort),
-                    "harness batched 1 worker": femnist_config(tmp / name, w, measured, 1, "on", args.cohort)}
+            first = args.cohort[0]
+            cfgs = {"harness per-client": femnist_config(tmp / name, w, measured, args.workers, "off", first)}
+            for c in args.cohort:
+                cfgs[f"harness batched, cohort {c}"] = femnist_config(tmp / name, w, measured, args.workers, "on", c)
+            cfgs[f"harness batched 1 worker, cohort {first}"] = femnist_config(tmp / name, w, measured, 1, "on", first)
             cfg = cfgs["harness per-client"]
             data = bt.same_layout_as_workers(build_federated_dataset(cfg.data, cfg.partition, cfg.seed))
             algo, _, vec = build_algorithm(cfg, data)
@@ -142,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     rows = []
     for name in names:
-        per_rep = {way: bt.per_rep(raw[name][way], args.repeats) for way in WAYS}
-        for way in WAYS:
+        per_rep = {way: bt.per_rep(raw[name][way], args.repeats) for way in ways}
+        for way in ways:
             med = common.median(raw[name][way])
             rows.append({
                 "workload": name, "way": way, "round_s": med, "ups": 100 / med,
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "median over repetitions of the ratio within one repetition; > 1 = faster.",
         f"{args.repeats} interleaved repetition(s) x {args.rounds} measured rounds, the first round of each run "
         "dropped; FEMNIST by writer, 300 clients, 100 a round, 1 epoch, batch 32, FedAvg.",
-        f"batched: train.batched=on, train.cohort_size={args.cohort}; {args.workers} Ray actor(s) x 1 CPU unless "
+        f"batched: train.batched=on, train.cohort_size as named; {args.workers} Ray actor(s) x 1 CPU unless "
         "'1 worker'.",
         "plain: bench_throughput's loop (one client after another), balanced halves for 2 processes.",
         "the machine is shared with other jobs: read the ratios, measured within one run.",

@@ -140,7 +140,12 @@ class CohortTrainer:
 
     def _phase(self, jobs: list[ClientJob], phases: list[Phase], used: np.ndarray,
                finite: np.ndarray) -> tuple[np.ndarray, list[PhaseStats]]:
-        """One phase of every client; `used` (steps so far) and `finite` are updated in place."""
+        """One phase of every client; `used` (steps so far) and `finite` are updated in place.
+
+        The clients are held longest schedule first, so at every step the clients that still have a batch are a
+        prefix of the stacked tensors: a step computes, and updates in place, only that prefix (views, no copies).
+        Clients that finished their steps cost nothing more, which is what makes large cohorts of clients with
+        unequal data (FEMNIST writers: 1-10 steps an epoch) pay."""
         t, spec, dev = self.t, self.t.train_spec, self.t.device
         c, bs = len(jobs), spec.batch_size
         sched = []
@@ -148,65 +153,72 @@ class CohortTrainer:
             epochs = spec.local_epochs if ph.epochs is None else ph.epochs
             room = None if job.max_steps is None else max(0, job.max_steps - int(used[i]))
             sched.append(self._schedule(job, epochs, ph.purpose, room))
+        order = sorted(range(c), key=lambda i: -len(sched[i]))  # stable: ties in job order
+        sched = [sched[i] for i in order]
+        phases = [phases[i] for i in order]
+        lengths = np.array([len(s) for s in sched], dtype=np.int64)
         start = torch.from_numpy(np.stack([ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)
         params = self._unstack(start)
         coef = torch.tensor([ph.coef if ph.coef > 0 else 0.0 for ph in phases], dtype=torch.float32, device=dev)
         anchors = None
         if any(ph.coef > 0 for ph in phases):
             stacked = np.stack([ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)
-            anchors = {k: v.detach() for k, v in self._unstack(torch.from_numpy(stacked).to(dev)).items()}
+            anchors = self._unstack(torch.from_numpy(stacked).to(dev))
         bufs = {k: torch.zeros_like(v) for k, v in params.items()} if spec.momentum > 0 else None
         alive = torch.ones(c, dtype=torch.bool, device=dev)
         steps = torch.zeros(c, dtype=torch.int64, device=dev)
         samples = torch.zeros(c, dtype=torch.int64, device=dev)
         loss_sum = torch.zeros(c, dtype=torch.float64, device=dev)
-        fill = next((int(s[0][0]) for s in sched if s), 0)
-        for step in range(max(map(len, sched), default=0)):
-            idx = np.full((c, bs), fill, dtype=np.int64)
-            mask = np.zeros((c, bs), dtype=np.float32)
-            for i, batches in enumerate(sched):
-                if step < len(batches):
-                    b = batches[step]
-                    idx[i, : len(b)] = b
-                    mask[i, : len(b)] = 1.0
+        fill = int(sched[0][0][0]) if c and len(sched[0]) else 0
+        for step in range(int(lengths[0]) if c else 0):
+            n = int((lengths > step).sum())  # the clients with a batch at this step: a prefix
+            idx = np.full((n, bs), fill, dtype=np.int64)
+            mask = np.zeros((n, bs), dtype=np.float32)
+            for i in range(n):
+                b = sched[i][step]
+                idx[i, : len(b)] = b
+                mask[i, : len(b)] = 1.0
             x, y = t.tensors(idx.reshape(-1))
-            x, y = x.view(c, bs, *x.shape[1:]), y.view(c, bs)
+            x, y = x.view(n, bs, *x.shape[1:]), y.view(n, bs)
             m = torch.from_numpy(mask).to(dev)
             counts = m.sum(1)
-            leaves = params
+            leaves = {k: v[:n].detach().requires_grad_() for k, v in params.items()}
             logits = self._forward({k: self._natural(k, v) for k, v in leaves.items()}, x)
-            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(c, bs)
-            loss = (ce * m).sum(1) / counts.clamp(min=1)
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(n, bs)
+            loss = (ce * m).sum(1) / counts
             if anchors is not None:
-                loss = loss + 0.5 * coef * sum(((leaves[k] - anchors[k]) ** 2).flatten(1).sum(1) for k in leaves)
-            has_batch = (counts > 0) & alive
+                loss = loss + 0.5 * coef[:n] * sum(((leaves[k] - anchors[k][:n]) ** 2).flatten(1).sum(1)
+                                                   for k in leaves)
             ok = torch.isfinite(loss.detach())
-            stepping = has_batch & ok  # a NaN/inf stops the client before its step, as record_loss does
-            alive = alive & ~(has_batch & ~ok)
+            stepping = alive[:n] & ok  # a NaN/inf stops the client before its step, as record_loss does
+            alive[:n] &= ok
             grads = list(torch.autograd.grad(torch.where(stepping, loss, torch.zeros_like(loss)).sum(),
                                              list(leaves.values())))
             with torch.no_grad():
-                # every client steps (the common case; one sync, free on the CPU): torch.optim.SGD's in-place
-                # foreach arithmetic on the stacked tensors; else only the stepping clients move
-                every = bool(mask[:, 0].all()) and bool(stepping.all())
-                self._sgd(list(params.values()), grads, bufs, None if every else stepping)
-                loss_sum += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum))
-                steps += stepping.long()
-                samples += torch.where(stepping, counts, torch.zeros_like(counts)).long()
-        vecs = torch.cat([self._natural(s.name, params[s.name].detach()).reshape(c, -1) for s in self.slots],
+                # every client of the prefix steps (the common case; one sync, free on the CPU): torch.optim.SGD's
+                # in-place foreach arithmetic on the prefix views; else only the stepping clients move
+                every = bool(stepping.all())
+                self._sgd([v[:n] for v in params.values()], grads,
+                          None if bufs is None else [v[:n] for v in bufs.values()], None if every else stepping)
+                loss_sum[:n] += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum[:n]))
+                steps[:n] += stepping.long()
+                samples[:n] += torch.where(stepping, counts, torch.zeros_like(counts)).long()
+        vecs = torch.cat([self._natural(s.name, params[s.name]).reshape(c, -1) for s in self.slots],
                          1).cpu().numpy()
-        steps_h, samples_h, sums_h = steps.cpu().numpy(), samples.cpu().numpy(), loss_sum.cpu().numpy()
+        back = np.argsort(np.array(order, dtype=np.int64))  # held order -> job order
+        vecs = vecs[back]
+        steps_h, samples_h = steps.cpu().numpy()[back], samples.cpu().numpy()[back]
+        sums_h, alive_h = loss_sum.cpu().numpy()[back], alive.cpu().numpy()[back]
         used += steps_h
-        finite &= alive.cpu().numpy()
+        finite &= alive_h
         return vecs, [PhaseStats(int(steps_h[i]), int(samples_h[i]), float(sums_h[i]), int(steps_h[i]))
                       for i in range(c)]
 
-    def _sgd(self, ws: list[torch.Tensor], grads: list[torch.Tensor], bufs: dict | None,
+    def _sgd(self, ws: list[torch.Tensor], grads: list[torch.Tensor], bl: list[torch.Tensor] | None,
              stepping: torch.Tensor | None) -> None:
         """torch.optim.SGD's step (dampening 0, no Nesterov) on stacked weights, in place; with `stepping`, only
         on those clients (the others keep weights and momentum buffers bit for bit)."""
         spec = self.t.train_spec
-        bl = list(bufs.values()) if bufs is not None else None
         if stepping is None:
             if spec.weight_decay:
                 torch._foreach_add_(grads, ws, alpha=spec.weight_decay)
@@ -230,8 +242,7 @@ class CohortTrainer:
         """(C, size) flat vectors -> {name: (C, *shape)} tensors; Linear weights as (C, in, out) (`transposed`)."""
         c = stacked.shape[0]
         return {s.name: self._natural(s.name, stacked[:, s.start : s.stop].reshape(c, *s.shape))
-                .clone(memory_format=torch.contiguous_format)
-                .requires_grad_() for s in self.slots}
+                .clone(memory_format=torch.contiguous_format) for s in self.slots}
 
     def _natural(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A stacked tensor in the model's layout from the held one, or the other way round (a Linear weight's

@@ -42,7 +42,8 @@ def waves(cids: list[int], num_workers: int, sizes: np.ndarray,
     sees clients in id order whatever W is); within a wave, one batch per worker, balanced by
     data size (largest first onto the least-loaded worker), each batch in client-id order.
     `units` (batched training: the round's cohorts, `cohorts`) are kept whole: waves and batches are
-    made of whole cohorts, balanced by a cohort's padded size (its clients x its largest client)."""
+    made of whole cohorts, balanced by a cohort's total data size (a cohort step computes only the clients that
+    still have a batch, so a cohort costs the sum of its clients' steps, not its clients x its longest)."""
     units = [[int(c)] for c in cids] if units is None else units
     out = []
     step = max(1, num_workers * CHUNK // max((len(u) for u in units), default=1))
@@ -50,10 +51,10 @@ def waves(cids: list[int], num_workers: int, sizes: np.ndarray,
         wave = units[start : start + step]
         bins: list[list[int]] = [[] for _ in range(min(num_workers, len(wave)))]
         load = [0] * len(bins)
-        for unit in sorted(wave, key=lambda u: (-len(u) * max(int(sizes[c]) for c in u), u[0])):
+        for unit in sorted(wave, key=lambda u: (-sum(int(sizes[c]) for c in u), u[0])):
             slot = min(range(len(bins)), key=lambda b: (load[b], b))
             bins[slot].extend(int(c) for c in unit)
-            load[slot] += len(unit) * max(int(sizes[c]) for c in unit)
+            load[slot] += sum(int(sizes[c]) for c in unit)
         out.append([sorted(b) for b in bins])
     return out
 
@@ -61,7 +62,8 @@ def waves(cids: list[int], num_workers: int, sizes: np.ndarray,
 def cohorts(cids: list[int], steps: dict[int, int], size: int) -> list[list[int]]:
     """Batched training's cohorts: the round's clients ordered by their planned local steps (then id), cut into
     chunks of `size`, each in id order. A function of the round's sample and plan alone, never of the worker
-    count; similar step counts together keep the padding (steps of clients that already finished) small."""
+    count. Similar step counts together keep a cohort's steps full: a step computes only the clients that still
+    have a batch (CohortTrainer), and the fewer of them, the less a step gains from batching."""
     order = sorted((int(c) for c in cids), key=lambda c: (steps[c], c))
     return [sorted(order[i : i + size]) for i in range(0, len(order), size)]
 
