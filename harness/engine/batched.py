@@ -204,8 +204,10 @@ class CohortTrainer:
                 loss_sum[:n] += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum[:n]))
                 steps[:n] += stepping.long()
                 samples[:n] += torch.where(stepping, counts, torch.zeros_like(counts)).long()
-        vecs = torch.cat([self._natural(s.name, params[s.name]).reshape(c, -1) for s in self.slots],
-                         1).cpu().numpy()
+        flat = torch.empty(c, self.t.spec.size, dtype=torch.float32, device=dev)
+        for s in self.slots:  # one copy per tensor, back into the model's layout (a transposed view's reshape copies)
+            flat[:, s.start : s.stop].view(c, *s.shape).copy_(self._natural(s.name, params[s.name]))
+        vecs = flat.cpu().numpy()
         back = np.argsort(np.array(order, dtype=np.int64))  # held order -> job order
         vecs = vecs[back]
         steps_h, samples_h = steps.cpu().numpy()[back], samples.cpu().numpy()[back]
