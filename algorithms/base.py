@@ -167,9 +167,11 @@ class Algorithm:
         """`local_phases` run one by one: each phase from its start model, then `local_result`."""
         trained, stats = [], []
         for phase in self.local_phases(job):
-            trainer.set_vector(phase.start)
+            if phase.start is not None:
+                trainer.set_vector(phase.start)
             extra = trainer.proximal(phase.anchor, phase.coef) if phase.coef > 0 else None
-            stats.append(trainer.train(job, epochs=phase.epochs, extra_loss=extra, purpose=phase.purpose))
+            names = None if phase.names is None else list(phase.names)
+            stats.append(trainer.train(job, epochs=phase.epochs, names=names, extra_loss=extra, purpose=phase.purpose))
             trained.append(trainer.get_vector())
         return self.local_result(job, trained, stats, trainer)
 

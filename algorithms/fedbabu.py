@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params
+from algorithms.base import Algorithm, ClientJob, ClientUpdate, Params, Phase
 from algorithms.registry import register
 
 
@@ -52,10 +52,13 @@ class FedBABU(Algorithm):
     def shared_mask(self) -> np.ndarray:
         return ~self.spec.head_mask()  # the head is never sent nor averaged: it never changes
 
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
-        trainer.set_vector(job.payload["model"])
-        trainer.train(job, names=self.body_names)
-        return trainer.update(job, upload={"model": trainer.get_vector()}, state={})
+    batchable = True  # one plain SGD phase over the body: vectorises (train.batched)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
+        return [Phase(job.payload["model"], names=tuple(self.body_names))]  # the head stays at its initialisation
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        return trainer.update(job, upload={"model": trained[-1]}, state={})
 
     def received_vector(self, job: ClientJob, trainer) -> np.ndarray:
         return job.payload["model"]  # training starts from the global model; fine-tuning is for evaluation only

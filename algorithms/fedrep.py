@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from algorithms.base import ClientJob, ClientUpdate
+from algorithms.base import ClientJob, ClientUpdate, Phase
 from algorithms.fedper import FedPer, FedPerParams, mask_names
 from algorithms.registry import register
-from protocol.trainer import PhaseStats
 
 
 class FedRepParams(FedPerParams):
@@ -50,13 +49,15 @@ class FedRep(FedPer):
             head = max(0, self.ctx.train.local_epochs - self.params.body_epochs)
         return head, self.params.body_epochs
 
-    def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+    batchable = True  # two plain SGD phases, each over its own tensors: vectorises (train.batched)
+
+    def local_phases(self, job: ClientJob) -> list[Phase]:
         head_epochs, body_epochs = self.epochs()
-        trainer.set_vector(self.start_vector(job))
-        head = trainer.train(job, epochs=head_epochs, names=self.head_names, purpose="fedrep-head") if head_epochs \
-            else PhaseStats()
-        body = trainer.train(job, epochs=body_epochs, names=self.body_names, purpose="fedrep-body") if body_epochs \
-            else PhaseStats()
-        vec = trainer.get_vector()
+        return [Phase(self.start_vector(job), epochs=head_epochs, purpose="fedrep-head", names=tuple(self.head_names)),
+                Phase(None, epochs=body_epochs, purpose="fedrep-body", names=tuple(self.body_names))]  # from the head's
+
+    def local_result(self, job: ClientJob, trained, stats, trainer) -> ClientUpdate:
+        vec = trained[-1]
+        head, body = stats
         return trainer.update(job, upload={"model": vec}, state=self.personal_state(vec),
                               head_steps=float(head.steps), body_steps=float(body.steps))

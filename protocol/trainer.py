@@ -41,14 +41,15 @@ StepHook = Callable[["nn.Module"], None]
 class Phase:
     """One phase of plain local SGD, declared rather than run: what `Algorithm.local_phases` returns for an
     algorithm whose local objective vectorises, so the engine can train many clients' phases at once.
-    Running it one by one is `set_vector(start)`, then `train(job, epochs, extra_loss=proximal(anchor, coef)
-    if coef > 0, purpose=purpose)`."""
+    Running it one by one is `set_vector(start)` (unless start is None), then `train(job, epochs, names,
+    extra_loss=proximal(anchor, coef) if coef > 0, purpose=purpose)`."""
 
-    start: np.ndarray  # the flat model the phase starts from
+    start: np.ndarray | None  # the flat model the phase starts from; None: the previous phase's trained model
     epochs: int | None = None  # None: train.local_epochs
     purpose: str = "batches"  # the data order's random stream
     anchor: np.ndarray | None = None  # proximal term (coef/2)||w - anchor||^2 when coef > 0 (FedProx, Ditto)
     coef: float = 0.0
+    names: tuple[str, ...] | None = None  # the tensors this phase trains, the others frozen (None: all; FedRep)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from the round's sample alone (rounds.cohorts), never by worker, so the floats d
 worker count. Which runs use it: `decide` (train.batched auto | on | off).
 
 Algorithms opt in (`Algorithm.batchable`) when their client side is `run_phases` over `local_phases`: plain
-SGD phases, each from a start model, optionally with a proximal term. In: FedAvg and every algorithm with
+SGD phases, each from a start model (or the previous phase's result), optionally over a subset of the tensors
+and with a proximal term. In: FedAvg and every algorithm with
 FedAvg's client side (FedAvgM, FedAdam/FedAdagrad/FedYogi, FedMedian/FedTrimmedAvg/Krum, DP-FedAvg, FedNova,
 FedOBP, FedCAC: all of their differences run on the server or on the trained result), FedProx and FedAMP
 (proximal term), FedPer, LG-FedAvg and pFedSim (joint training from the global shared part + their own
-personal part), Local, Ditto (two phases, the second proximal).
-Out, each for a reason the phase declaration cannot express yet: tensors frozen per phase (FedRep, FedBABU),
+personal part), Local, Ditto (two phases, the second proximal), FedRep (head-only, then body-only from the
+head's result), FedBABU (body only).
+Out, each for a reason the phase declaration cannot express yet:
 a gradient hook, projection or linear term (SCAFFOLD, FedDyn, FedSelect, Floco), a loss of their own or extra
 model passes (MOON, FedProto, FedNTD, FedLC, FedRoD, pFedFDA, FLUTE, FedDPA, q-FFL's loss evaluation, IFCA's
 cluster choice), custom loops or inner optimisers (APFL, FedALA, pFedMe, Per-FedAvg, FedFomo, Elastic, CFL), and
@@ -109,8 +111,9 @@ class CohortTrainer:
         finite = np.ones(len(jobs), dtype=bool)
         trained: list[list[np.ndarray]] = [[] for _ in jobs]
         stats: list[list[PhaseStats]] = [[] for _ in jobs]
+        vecs = None
         for k in range(len(plans[0])):
-            vecs, phase_stats = self._phase(jobs, [p[k] for p in plans], used, finite)
+            vecs, phase_stats = self._phase(jobs, [p[k] for p in plans], used, finite, vecs)
             for i in range(len(jobs)):
                 trained[i].append(vecs[i])
                 stats[i].append(phase_stats[i])
@@ -139,9 +142,10 @@ class CohortTrainer:
                 out.append(order[start : start + bs])
         return out
 
-    def _phase(self, jobs: list[ClientJob], phases: list[Phase], used: np.ndarray,
-               finite: np.ndarray) -> tuple[np.ndarray, list[PhaseStats]]:
-        """One phase of every client; `used` (steps so far) and `finite` are updated in place.
+    def _phase(self, jobs: list[ClientJob], phases: list[Phase], used: np.ndarray, finite: np.ndarray,
+               previous: np.ndarray | None) -> tuple[np.ndarray, list[PhaseStats]]:
+        """One phase of every client, from its `start` or else its `previous` phase's result (C, size); `used`
+        (steps so far) and `finite` are updated in place. Only the phase's `names` get gradients and steps.
 
         The clients are held longest schedule first, so at every step the clients that still have a batch are a
         prefix of the stacked tensors: a step computes, and updates in place, only that prefix (views, no copies).
@@ -158,14 +162,20 @@ class CohortTrainer:
         sched = [sched[i] for i in order]
         phases = [phases[i] for i in order]
         lengths = np.array([len(s) for s in sched], dtype=np.int64)
-        start = torch.from_numpy(np.stack([ph.start for ph in phases]).astype(np.float32, copy=False)).to(dev)
-        params = self._unstack(start)
+        if len({ph.names for ph in phases}) != 1:
+            raise RuntimeError("clients of one cohort declared phases over different tensors")
+        names = phases[0].names
+        trained = [s.name for s in self.slots if names is None or s.name in names]  # model order
+        if previous is None and any(ph.start is None for ph in phases):
+            raise RuntimeError("a client's first phase has no start model (Phase.start=None continues a phase)")
+        starts = [previous[i] if ph.start is None else ph.start for i, ph in zip(order, phases, strict=True)]
+        params = self._unstack(torch.from_numpy(np.stack(starts).astype(np.float32, copy=False)).to(dev))
         coef = torch.tensor([ph.coef if ph.coef > 0 else 0.0 for ph in phases], dtype=torch.float32, device=dev)
         anchors = None
         if any(ph.coef > 0 for ph in phases):
-            stacked = np.stack([ph.anchor if ph.coef > 0 else ph.start for ph in phases]).astype(np.float32, copy=False)
-            anchors = self._unstack(torch.from_numpy(stacked).to(dev))
-        bufs = {k: torch.zeros_like(v) for k, v in params.items()} if spec.momentum > 0 else None
+            stacked = np.stack([ph.anchor if ph.coef > 0 else w for ph, w in zip(phases, starts, strict=True)])
+            anchors = self._unstack(torch.from_numpy(stacked.astype(np.float32, copy=False)).to(dev))
+        bufs = [torch.zeros_like(params[k]) for k in trained] if spec.momentum > 0 else None
         alive = torch.ones(c, dtype=torch.bool, device=dev)
         steps = torch.zeros(c, dtype=torch.int64, device=dev)
         samples = torch.zeros(c, dtype=torch.int64, device=dev)
@@ -183,7 +193,7 @@ class CohortTrainer:
             x, y = x.view(n, bs, *x.shape[1:]), y.view(n, bs)
             m = torch.from_numpy(mask).to(dev)
             counts = m.sum(1)
-            leaves = {k: v[:n].detach().requires_grad_() for k, v in params.items()}
+            leaves = {k: v[:n].detach().requires_grad_(k in trained) for k, v in params.items()}
             logits = self._forward({k: self._natural(k, v) for k, v in leaves.items()}, x)
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(n, bs)
             loss = (ce * m).sum(1) / counts
@@ -194,13 +204,13 @@ class CohortTrainer:
             stepping = alive[:n] & ok  # a NaN/inf stops the client before its step, as record_loss does
             alive[:n] &= ok
             grads = list(torch.autograd.grad(torch.where(stepping, loss, torch.zeros_like(loss)).sum(),
-                                             list(leaves.values())))
+                                             [leaves[k] for k in trained]))
             with torch.no_grad():
-                # every client of the prefix steps (the common case; one sync, free on the CPU): torch.optim.SGD's
-                # in-place foreach arithmetic on the prefix views; else only the stepping clients move
+                # every client of the prefix steps (the common case; one sync, free on the CPU): torch's fused SGD
+                # on the prefix views, in place; else only the stepping clients move
                 every = bool(stepping.all())
-                self._sgd([v[:n] for v in params.values()], grads,
-                          None if bufs is None else [v[:n] for v in bufs.values()], None if every else stepping)
+                self._sgd([params[k][:n] for k in trained], grads, None if bufs is None else [b[:n] for b in bufs],
+                          None if every else stepping)
                 loss_sum[:n] += torch.where(stepping, loss.detach().double(), torch.zeros_like(loss_sum[:n]))
                 steps[:n] += stepping.long()
                 samples[:n] += torch.where(stepping, counts, torch.zeros_like(counts)).long()
