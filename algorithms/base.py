@@ -166,7 +166,10 @@ class Algorithm:
     def run_phases(self, job: ClientJob, trainer: Trainer) -> ClientUpdate:
         """`local_phases` run one by one: each phase from its start model, then `local_result`."""
         trained, stats = [], []
-        for phase in self.local_phases(job):
+        phases = self.local_phases(job)
+        if phases and phases[0].start is None:
+            raise RuntimeError(f"{self.name}: the first phase has no start model (Phase.start=None continues a phase)")
+        for phase in phases:
             if phase.start is not None:
                 trainer.set_vector(phase.start)
             extra = trainer.proximal(phase.anchor, phase.coef) if phase.coef > 0 else None

@@ -24,6 +24,7 @@ from harness.engine.parts import build_parts
 from harness.engine.rounds import cohorts, waves
 from harness.engine.worker import Worker, build_algorithm
 from protocol.messages import ClientJob
+from protocol.trainer import Phase
 from tests.conftest import NEEDS_ON_DIGITS, small_config
 
 RTOL = 1e-5
@@ -126,6 +127,24 @@ def test_a_cohort_step_computes_only_the_clients_that_still_have_a_batch(tmp_pat
     for a, b in zip(alone, batched, strict=True):  # and every client in job order, as trained alone
         assert (a.cid, a.steps) == (b.cid, b.steps)
         np.testing.assert_allclose(b.upload["model"], a.upload["model"], rtol=0, atol=1e-5)
+
+
+def test_a_phase_without_a_start_continues_the_previous_one_and_cannot_come_first(tmp_path, monkeypatch):
+    worker, jobs = _worker_and_jobs(tmp_path, "train.batched=on")
+    algo = worker.algo
+    start = jobs[0].payload["model"]
+    names = tuple(algo.spec.head_names())
+    two = [Phase(start, epochs=1, names=names), Phase(None, epochs=1, purpose="second")]
+    monkeypatch.setattr(algo, "local_phases", lambda job: two)
+    alone = worker.train(jobs)
+    together = worker.train([dataclasses.replace(j, cohort=0) for j in jobs])
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(b.upload["model"], a.upload["model"], rtol=0, atol=1e-5)
+        assert a.steps == b.steps == 2 * -(-len(worker.trainer.split_of(a.cid)) // worker.cfg.train.batch_size)
+    monkeypatch.setattr(algo, "local_phases", lambda job: two[::-1])
+    for batch in (jobs, [dataclasses.replace(j, cohort=0) for j in jobs]):
+        with pytest.raises(RuntimeError, match="first phase has no start model"):
+            worker.train(batch)
 
 
 def test_cohorts_depend_on_the_sample_alone_and_waves_keep_them_whole():
