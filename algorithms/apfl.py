@@ -23,11 +23,24 @@ every v_i from the initial global model; identical in round 0). The v-bar forwar
 second pass over each batch, so one APFL batch counts as two steps and twice its samples on the
 virtual clock (APFL costs twice FedAvg's compute). BatchNorm buffers of the mixture are v_i's.
 A client that never trained is evaluated with the global model.
+
+`variant: flbench` runs FL-bench's APFL client instead (KarhouTam/FL-bench, src/client/apfl.py, the code
+behind the FedOBP authors' logged APFL runs), for comparisons with those logs:
+- the personalized prediction mixes OUTPUTS: alpha f(x; v) + (1 - alpha) f(x; w);
+- one SGD optimizer holds w and v; per batch, w steps on CE(f(x; w)), then v steps on CE of the output mixture
+  (w's output detached) while w's gradient is still in place, so w steps a second time with it;
+- alpha moves in the first local epoch only, by <v - w, alpha grad_v + (1 - alpha) grad_w> + 0.02 alpha
+  (grad_v: of the mixture loss, grad_w: of w's loss; weights after the steps), step train.lr, clipped;
+- batches of one sample are skipped (they still count on the virtual clock).
+Fine-tuning evaluation (eval_finetune_epochs) fine-tunes w alone and evaluates it without v, where FL-bench
+evaluates the mixture with the fine-tuned w. A client that never trained is evaluated with the global model
+(FL-bench: the mixture with v = the initial model, alpha 0.5).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +56,9 @@ class APFLParams(Params):
     alpha: float = Field(0.5, ge=0, le=1, description="initial weight of the local model v (FedTorch/FL-bench: 0.5)")
     adaptive_alpha: bool = Field(True, description="learn alpha per client by gradient descent (the paper's APFL)")
     alpha_lr: float | None = Field(None, gt=0, description="step size of alpha; null = train.lr (paper: same eta)")
+    variant: Literal["paper", "flbench"] = Field(
+        "paper", description="paper: parameter mixture, exact alpha gradient (Deng et al.); flbench: FL-bench's "
+                             "client (output mixture, w steps twice a batch, approximate alpha gradient)")
 
 
 @register
@@ -53,7 +69,11 @@ class APFL(Algorithm):
     Params = APFLParams
     source = "Deng et al. 2020 (adaptive alpha, same step size); alpha0=0.5 from MLOPTPSU/FedTorch and FL-bench"
 
+    _after: tuple | None = None  # flbench: (cid, round, trained w, its v and alpha) of the last trained_vector
+
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        if self.params.variant == "flbench":
+            return self._flbench_update(job, trainer)
         global_vec = job.payload["model"]
         model, device = trainer.model, trainer.device
         trainer.set_vector(global_vec)  # w_i starts at the global model
@@ -92,8 +112,84 @@ class APFL(Algorithm):
         return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=float(alpha.detach()),
                               personal_loss=personal_loss / batches if batches else float("nan"))
 
+    def _flbench_update(self, job: ClientJob, trainer) -> ClientUpdate:
+        """FL-bench's APFL client (see the module docstring)."""
+        global_vec = job.payload["model"]
+        model, device = trainer.model, trainer.device
+        trainer.set_vector(global_vec)
+        v = self._tensors(job.state.get("v", global_vec), device)
+        w = dict(model.named_parameters())
+        v_params = [v[name].requires_grad_() for name in w]
+        buffers = {name: t for name, t in v.items() if name not in w}
+        alpha = float(job.state["alpha"][0]) if "alpha" in job.state else self.params.alpha
+        alpha_lr = self.params.alpha_lr or self.ctx.train.lr
+        opt = trainer.optimizer([*trainer.parameters(None), *v_params])  # one optimizer, as FL-bench's
+        model.train()
+        n, bs = len(trainer.split_of(job.cid)), self.ctx.train.batch_size
+        per_epoch = n // bs + (1 if n % bs > (1 if getattr(trainer, "skips_single_batches", False) else 0) else 0)
+        personal_loss, batches = 0.0, 0
+        for k, (x, y) in enumerate(trainer.batches(job, self.ctx.train.local_epochs, cost=2)):
+            if len(x) <= 1:
+                continue
+            loss_w = F.cross_entropy(model(x), y)
+            if not trainer.record_loss(loss_w):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss_w.backward()
+            opt.step()  # w only: v has no gradient yet
+            with torch.no_grad():
+                logits_w = model(x)
+            mixed = alpha * functional_call(model, {**buffers, **v}, (x,)) + (1 - alpha) * logits_w
+            loss_p = F.cross_entropy(mixed, y)
+            if not math.isfinite(float(loss_p.detach())):
+                trainer.mark_nonfinite()
+                break
+            loss_p.backward()
+            opt.step()  # v once, w a second time with its gradient from loss_w
+            if self.params.adaptive_alpha and k < per_epoch:
+                with torch.no_grad():
+                    grad = sum(float(torch.dot((v[name] - p).flatten(), (alpha * v[name].grad + (1 - alpha) * p.grad)
+                                               .flatten())) for name, p in w.items())
+                alpha = min(1.0, max(0.0, alpha - alpha_lr * (grad + 0.02 * alpha)))
+            personal_loss += float(loss_p.detach())
+            batches += 1
+        state = {"v": self._vector(v), "alpha": np.array([alpha], dtype=np.float32)}
+        return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=alpha,
+                              personal_loss=personal_loss / batches if batches else float("nan"))
+
+    def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
+        if self.params.variant == "paper":
+            return super().trained_vector(job, update, trainer)
+        vec = update.upload["model"]
+        self._after = (job.cid, job.round, vec, update.state)  # read by evaluate_personal right after
+        return vec
+
+    @torch.no_grad()
+    def evaluate_personal(self, job: ClientJob, trainer, vec: np.ndarray,
+                          split: str = "test") -> tuple[int, float, int]:
+        """flbench: the output mixture alpha f(x; v) + (1 - alpha) f(x; w) with w = `vec` and the client's v and
+        alpha (those of its update when `vec` is the model trained_vector just returned)."""
+        if self.params.variant == "paper":
+            return super().evaluate_personal(job, trainer, vec, split)
+        after = self._after
+        state = after[3] if after is not None and after[:2] == (job.cid, job.round) and after[2] is vec else job.state
+        if "v" not in state:
+            return trainer.evaluate(vec, job.cid, split)
+        alpha = float(state["alpha"][0])
+        trainer.set_vector(vec)
+        model = trainer.model
+        model.eval()
+        v = self._tensors(state["v"], trainer.device)
+        correct, loss, count = 0, 0.0, 0
+        for x, y in trainer.batches_from(job, trainer.split_of(job.cid, split), cost=0):
+            logits = alpha * functional_call(model, v, (x,)) + (1 - alpha) * model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+        return correct, loss, count
+
     def eval_vector(self, job: ClientJob, trainer) -> np.ndarray:
-        if "v" not in job.state:
+        if "v" not in job.state or self.params.variant == "flbench":  # flbench: w; evaluate_personal mixes outputs
             return job.payload["model"]
         alpha = float(job.state["alpha"][0])
         return (alpha * job.state["v"] + (1 - alpha) * job.payload["model"]).astype(np.float32)

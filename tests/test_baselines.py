@@ -235,6 +235,71 @@ def test_apfl_evaluates_the_parameter_mixture_and_uploads_w(tmp_path):
     assert ups[0].steps == 2 * s.batches_per_epoch(0)  # one batch = two passes on the virtual clock
 
 
+def test_apfl_flbench_variant_steps_w_twice_moves_alpha_by_its_approximate_gradient(tmp_path):
+    s = Setup(tmp_path, "apfl", "algorithm.variant=flbench", "algorithm.alpha=0.3", "train.momentum=0")
+    g = s.init
+    v0 = g + np.random.default_rng(0).normal(0, 0.05, g.shape).astype(np.float32)
+    state = {"v": v0, "alpha": np.array([0.3], dtype=np.float32)}
+    u = s.train(0, 0, g, state, max_steps=2)  # exactly one batch (two steps on the clock)
+    assert u.steps == 2
+    trainer, lr = s.worker.trainer, s.cfg.train.lr
+    job = ClientJob(0, 0, {"model": g}, {})
+    trainer.start(job)
+    x, y = next(iter(trainer.batches(job, 1)))
+    model = trainer.model
+    slots = [sl for sl in s.spec.slots if sl.name in dict(model.named_parameters())]
+
+    def grad_at(vec, loss_of):
+        t = torch.tensor(vec, requires_grad=True)
+        out = torch.func.functional_call(model, {sl.name: t[sl.start:sl.stop].view(sl.shape) for sl in slots}, (x,))
+        (grad,) = torch.autograd.grad(loss_of(out), t)
+        return grad.numpy()
+
+    g_w = grad_at(g, lambda out: F.cross_entropy(out, y))
+    w_half = g - lr * g_w
+    with torch.no_grad():
+        trainer.set_vector(w_half)
+        logits_w = model(x)
+    g_v = grad_at(v0, lambda out: F.cross_entropy(0.3 * out + 0.7 * logits_w, y))
+    w1, v1 = g - 2 * lr * g_w, v0 - lr * g_v  # w steps twice with its one gradient, v once
+    np.testing.assert_allclose(u.upload["model"], w1, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(u.state["v"], v1, rtol=0, atol=1e-6)
+    approx = float(np.dot((v1 - w1).astype(np.float64), (0.3 * g_v + 0.7 * g_w).astype(np.float64))) + 0.02 * 0.3
+    assert u.metrics["alpha"] == pytest.approx(0.3 - lr * approx, rel=1e-4, abs=1e-6)
+    # alpha moves in the first local epoch only: a second epoch changes v and w, not alpha
+    one = Setup(tmp_path / "e1", "apfl", "algorithm.variant=flbench", "train.local_epochs=1").train(1, 0, g, state)
+    two = Setup(tmp_path / "e2", "apfl", "algorithm.variant=flbench", "train.local_epochs=2").train(1, 0, g, state)
+    assert one.metrics["alpha"] == two.metrics["alpha"] != 0.3
+    assert not np.array_equal(one.state["v"], two.state["v"])
+
+
+def test_apfl_flbench_variant_evaluates_the_output_mixture_with_the_state_it_is_given(tmp_path):
+    s = Setup(tmp_path, "apfl", "algorithm.variant=flbench", "algorithm.alpha=0.25")
+    u = s.train(0, 0, s.init)
+    trainer, model = s.worker.trainer, s.worker.trainer.model
+    job = ClientJob(0, 1, {"model": s.init}, dict(u.state))
+    trainer.start(job)
+    assert s.algo.eval_vector(job, trainer) is s.init  # w; the mixture happens in evaluate_personal
+    correct, loss, n = s.algo.evaluate_personal(job, trainer, s.init)
+    alpha = float(u.state["alpha"][0])
+    x, y = trainer.tensors(trainer.split_of(0, "test"))
+    with torch.no_grad():
+        model.eval()
+        trainer.set_vector(u.state["v"])
+        mixed = alpha * model(x)
+        trainer.set_vector(s.init)
+        mixed += (1 - alpha) * model(x)
+    assert n == len(y) > 0 and correct == int((mixed.argmax(1) == y).sum())
+    assert loss == pytest.approx(float(F.cross_entropy(mixed, y, reduction="sum")), rel=1e-5)
+    # right after training, the trained w is evaluated with the update's v and alpha, not the job's (empty) state
+    fresh = ClientJob(0, 0, {"model": s.init}, {})
+    trainer.start(fresh)
+    w = s.algo.trained_vector(fresh, u, trainer)
+    after = s.algo.evaluate_personal(fresh, trainer, w)
+    assert after != trainer.evaluate(w, 0) or alpha == 0.0
+    assert s.algo.evaluate_personal(fresh, trainer, w.copy()) == trainer.evaluate(w, 0)  # another vector: job state
+
+
 # ----- FedALA --------------------------------------------------------------------------------
 def test_fedala_weights_are_learned_per_client_in_unit_interval(tmp_path):
     s = Setup(tmp_path, "fedala")

@@ -38,7 +38,9 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 LOGGED_NAME = {"fedobp": "FedOBP", "fedobp_scheduled": "FedOBP", "fedavg": "fedavg", "local": "local",
                "fedper": "fedper", "fedrep": "fedrep", "lgfedavg": "lgfedavg", "apfl": "apfl", "fedrod": "fedrod",
                "feddpa": "feddpa", "floco": "floco", "flute": "flute", "pfedfda": "pfedfda",
-               "ditto": None, "fedala": None, "fedbabu": None}
+               "ditto": None, "fedala": None, "fedbabu": None, "apfl_flbench": "apfl"}
+#: second cells of an algorithm in the logs (another variant of it): out of the ranks, its logged curve drawn once
+VARIANTS = {"fedobp_scheduled", "apfl_flbench"}
 #: pFedFDA: the README says to use the 2025-01-22 runs (the 2025-01-19 one predates an upstream fix)
 PFEDFDA_RUN = "2025-01-22-10-08-39"
 
@@ -149,7 +151,7 @@ def same_client_agreement(ours: dict[str, dict], curves: pd.DataFrame) -> pd.Dat
     for name, run in sorted(ours.items()):
         h = run["history"]
         theirs = logged_by_round(curves, name)
-        if "sampled_acc_before" not in h or theirs.empty or name == "fedobp_scheduled":
+        if "sampled_acc_before" not in h or theirs.empty:
             continue
         both = pd.DataFrame({"ours": 100 * h["sampled_acc_before"], "ours_after": 100 * h["sampled_acc_after"]})
         both = both.join(theirs, how="inner").dropna()
@@ -167,7 +169,7 @@ def same_client_agreement(ours: dict[str, dict], curves: pd.DataFrame) -> pd.Dat
 
 def rank_agreement(comp: pd.DataFrame, at_round: int) -> tuple[pd.DataFrame, float, float]:
     """Ranks of the algorithms both sides have at `at_round` (FedOBP: the fixed-q variant), Kendall's tau."""
-    both = comp[(comp["round"] == at_round) & comp["logged"].notna() & (comp["algorithm"] != "fedobp_scheduled")]
+    both = comp[(comp["round"] == at_round) & comp["logged"].notna() & ~comp["algorithm"].isin(VARIANTS)]
     both = both.assign(rank_ours=both["ours"].rank(ascending=False).astype(int),
                        rank_logged=both["logged"].rank(ascending=False).astype(int))
     if len(both) < 3:
@@ -193,13 +195,13 @@ def plot(ours: dict[str, dict], curves: pd.DataFrame, evals: pd.DataFrame, path:
         acc = h["personal_acc"].dropna() if "personal_acc" in h else pd.Series(dtype=float)
         axes[0].plot(acc.index, 100 * acc.values, "o-", color=colors[name], label=f"{name} (ours)")
         logged = evals[evals["algorithm"] == LOGGED_NAME.get(name)].sort_values("eval_round_log")
-        if len(logged) and name != "fedobp_scheduled":
+        if len(logged) and name not in VARIANTS:
             axes[0].plot(logged["eval_round_log"], logged["acc_before_finetune"], "x--", color=colors[name])
         if "sampled_acc_before" in h:
             smooth = (100 * h["sampled_acc_before"]).rolling(20, min_periods=1).mean()
             axes[1].plot(smooth.index, smooth.values, "-", color=colors[name], label=f"{name} (ours)")
         log_curve = curves[curves["algorithm"] == LOGGED_NAME.get(name)].sort_values("round")
-        if len(log_curve) and name != "fedobp_scheduled":
+        if len(log_curve) and name not in VARIANTS:
             last = int(h.index.max())
             part = log_curve[log_curve["round"] < max(last, 100)]
             axes[1].plot(part["round"] + 1, part["acc_before"].rolling(20, min_periods=1).mean(), ":",
@@ -271,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         last_common = int(comp.dropna()["round"].max()) if comp["logged"].notna().any() else None
         if last_common:
             ranks, tau, pval = rank_agreement(comp, last_common)
-            lines += [f"Ranks at round {last_common} (algorithms in both; FedOBP = fixed q): Kendall's tau = "
-                      f"{tau:.3f} (p = {pval:.3f}, n = {len(ranks)})", "",
+            lines += [f"Ranks at round {last_common} (algorithms in both; FedOBP = fixed q, APFL = the paper's): "
+                      f"Kendall's tau = {tau:.3f} (p = {pval:.3f}, n = {len(ranks)})", "",
                       ranks[["algorithm", "ours", "rank_ours", "logged", "rank_logged"]].to_markdown(index=False), ""]
     if not means.empty:
         lines += ["Sampled clients' accuracy before / after local training (FL-bench's accuracy_test_before/after), "
