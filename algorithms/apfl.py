@@ -74,16 +74,9 @@ class APFL(Algorithm):
     def local_update(self, job: ClientJob, trainer) -> ClientUpdate:
         if self.params.variant == "flbench":
             return self._flbench_update(job, trainer)
-        global_vec = job.payload["model"]
-        model, device = trainer.model, trainer.device
-        trainer.set_vector(global_vec)  # w_i starts at the global model
-        v = self._tensors(job.state.get("v", global_vec), device)
-        w = dict(model.named_parameters())
-        v_params = [v[name].requires_grad_() for name in w]
-        buffers = {name: t for name, t in v.items() if name not in w}
+        model, v, w, v_params, buffers, alpha0 = self._start(job, trainer)
         adaptive = self.params.adaptive_alpha
-        alpha0 = float(job.state["alpha"][0]) if "alpha" in job.state else self.params.alpha
-        alpha = torch.tensor(alpha0, dtype=torch.float32, device=device, requires_grad=adaptive)
+        alpha = torch.tensor(alpha0, dtype=torch.float32, device=trainer.device, requires_grad=adaptive)
         alpha_lr = self.params.alpha_lr or self.ctx.train.lr
         opt_w = trainer.optimizer(trainer.parameters(None))
         opt_v = trainer.optimizer(v_params)
@@ -108,25 +101,37 @@ class APFL(Algorithm):
                     alpha.sub_(alpha_lr * alpha.grad).clamp_(0.0, 1.0)
             personal_loss += float(loss_bar.detach())
             batches += 1
-        state = {"v": self._vector(v), "alpha": np.array([float(alpha.detach())], dtype=np.float32)}
-        return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=float(alpha.detach()),
+        return self._result(job, trainer, v, float(alpha.detach()), personal_loss, batches)
+
+    def _start(self, job: ClientJob, trainer) -> tuple:
+        """Both variants' start: w = the global model on the trainer's model, v (the stored one, else the global
+        model) as tensors, v's parameters set to require gradients, its buffers, and alpha."""
+        global_vec = job.payload["model"]
+        trainer.set_vector(global_vec)  # w_i starts at the global model
+        v = self._tensors(job.state.get("v", global_vec), trainer.device)
+        w = dict(trainer.model.named_parameters())
+        v_params = [v[name].requires_grad_() for name in w]
+        buffers = {name: t for name, t in v.items() if name not in w}
+        alpha = float(job.state["alpha"][0]) if "alpha" in job.state else self.params.alpha
+        return trainer.model, v, w, v_params, buffers, alpha
+
+    def _result(self, job: ClientJob, trainer, v: dict, alpha: float, personal_loss: float,
+                batches: int) -> ClientUpdate:
+        """Upload w, keep v and alpha."""
+        state = {"v": self._vector(v), "alpha": np.array([alpha], dtype=np.float32)}
+        return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=alpha,
                               personal_loss=personal_loss / batches if batches else float("nan"))
 
     def _flbench_update(self, job: ClientJob, trainer) -> ClientUpdate:
         """FL-bench's APFL client (see the module docstring)."""
-        global_vec = job.payload["model"]
-        model, device = trainer.model, trainer.device
-        trainer.set_vector(global_vec)
-        v = self._tensors(job.state.get("v", global_vec), device)
-        w = dict(model.named_parameters())
-        v_params = [v[name].requires_grad_() for name in w]
-        buffers = {name: t for name, t in v.items() if name not in w}
-        alpha = float(job.state["alpha"][0]) if "alpha" in job.state else self.params.alpha
+        model, v, w, v_params, buffers, alpha = self._start(job, trainer)
         alpha_lr = self.params.alpha_lr or self.ctx.train.lr
         opt = trainer.optimizer([*trainer.parameters(None), *v_params])  # one optimizer, as FL-bench's
         model.train()
         n, bs = len(trainer.split_of(job.cid)), self.ctx.train.batch_size
-        per_epoch = n // bs + (1 if n % bs > (1 if getattr(trainer, "skips_single_batches", False) else 0) else 0)
+        # the batches of the first epoch (alpha moves there only); a BatchNorm model's trainer never yields a
+        # one-sample last batch
+        per_epoch = -(-n // bs) - int(n % bs == 1 and getattr(trainer, "skips_single_batches", False))
         personal_loss, batches = 0.0, 0
         for k, (x, y) in enumerate(trainer.batches(job, self.ctx.train.local_epochs, cost=2)):
             if len(x) <= 1:
@@ -153,9 +158,7 @@ class APFL(Algorithm):
                 alpha = min(1.0, max(0.0, alpha - alpha_lr * (grad + 0.02 * alpha)))
             personal_loss += float(loss_p.detach())
             batches += 1
-        state = {"v": self._vector(v), "alpha": np.array([alpha], dtype=np.float32)}
-        return trainer.update(job, upload={"model": trainer.get_vector()}, state=state, alpha=alpha,
-                              personal_loss=personal_loss / batches if batches else float("nan"))
+        return self._result(job, trainer, v, alpha, personal_loss, batches)
 
     def trained_vector(self, job: ClientJob, update: ClientUpdate, trainer) -> np.ndarray:
         if self.params.variant == "paper":

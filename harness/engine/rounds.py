@@ -51,10 +51,11 @@ def waves(cids: list[int], num_workers: int, sizes: np.ndarray,
         wave = units[start : start + step]
         bins: list[list[int]] = [[] for _ in range(min(num_workers, len(wave)))]
         load = [0] * len(bins)
-        for unit in sorted(wave, key=lambda u: (-sum(int(sizes[c]) for c in u), u[0])):
+        costs = [(sum(int(sizes[c]) for c in unit), unit) for unit in wave]
+        for cost, unit in sorted(costs, key=lambda cu: (-cu[0], cu[1][0])):
             slot = min(range(len(bins)), key=lambda b: (load[b], b))
             bins[slot].extend(int(c) for c in unit)
-            load[slot] += sum(int(sizes[c]) for c in unit)
+            load[slot] += cost
         out.append([sorted(b) for b in bins])
     return out
 
